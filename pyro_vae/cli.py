@@ -1,0 +1,198 @@
+"""``pyro-vae``: argument parsing only; the work is done by library functions.
+
+Errors a user can cause print one line on stderr and exit with code 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+from . import guides, objectives
+from .config import BINARIZE_CHOICES, DEVICE_CHOICES, RunConfig
+from .data import DATASETS
+from .errors import PyroVAEError
+from .io import write_text_atomic
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line and exit 2, like every other user error
+        raise PyroVAEError(message if self.prog == "pyro-vae" else f"{self.prog}: {message}")
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+# (flag, config field, argparse keywords); defaults live in RunConfig, so a flag left out keeps the
+# value of --config FILE or the dataclass default.
+TRAIN_FLAGS = [
+    ("--dataset", "dataset", dict(help=f"registered name ({', '.join(DATASETS)}) or a .npz/.npy file with array x")),
+    ("--data-dir", "data_dir", dict(help="folder holding MNIST/raw, binarized_mnist/, FreyFaces/ (default $PYRO_VAE_DATA or ./data)")),
+    ("--download", "download", dict(action="store_const", const=True, help="let torchvision download MNIST if absent")),
+    ("--binarize", "binarize", dict(choices=BINARIZE_CHOICES)),
+    ("--likelihood", "likelihood", dict(help="bernoulli or gaussian (default: the dataset's)")),
+    ("--arch", "arch", dict(help="mlp or conv")),
+    ("--hidden", "hidden", dict(type=_int_list, help="hidden sizes, e.g. 500,500")),
+    ("--activation", "activation", dict()),
+    ("--latent-dim", "latent_dim", dict(type=int)),
+    ("--guide", "guide", dict(help=f"registered guide ({', '.join(guides.GUIDES)})")),
+    ("--prior", "prior", dict()),
+    ("--objective", "objective", dict(help=f"{', '.join(objectives.OBJECTIVES)}")),
+    ("--particles", "particles", dict(type=int, help="samples per datapoint (K of iwae)")),
+    ("--beta", "beta", dict(type=float, help="KL weight")),
+    ("--warmup-epochs", "warmup_epochs", dict(type=int, help="epochs of linear KL annealing up to beta")),
+    ("--epochs", "epochs", dict(type=int)),
+    ("--batch-size", "batch_size", dict(type=int)),
+    ("--lr", "lr", dict(type=float)),
+    ("--patience", "patience", dict(type=int, help="early stopping: epochs without a better validation ELBO")),
+    ("--min-scale", "min_scale", dict(type=float, help="floor of the Gaussian likelihood's scale")),
+    ("--seed", "seed", dict(type=int)),
+    ("--device", "device", dict(choices=DEVICE_CHOICES)),
+    ("--out", "out", dict(help="run directory to write")),
+]
+RESUMABLE = {"out", "epochs", "device"}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="pyro-vae", description="Variational autoencoders as Pyro model/guide pairs.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    train = sub.add_parser("train", help="train a VAE into a run directory")
+    train.add_argument("--config", help="JSON file of RunConfig fields; flags override it")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
+    train.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+    for flag, field, kwargs in TRAIN_FLAGS:
+        train.add_argument(flag, dest=field, default=None, **kwargs)
+
+    evaluate = sub.add_parser("evaluate", help="test ELBO, importance-sampled NLL, active units")
+    evaluate.add_argument("run_dir")
+    evaluate.add_argument("--iw-samples", type=int, default=5000)
+    evaluate.add_argument("--split", choices=("train", "valid", "test"), default="test")
+    evaluate.add_argument("--batch-size", type=int, default=100)
+    evaluate.add_argument("--data-dir", default=None)
+    evaluate.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
+    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+
+    sample = sub.add_parser("sample", help="draw images from the model's prior")
+    sample.add_argument("run_dir")
+    sample.add_argument("-n", type=int, default=64)
+    sample.add_argument("--out", required=True, help="PNG file to write")
+    sample.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
+    sample.add_argument("--seed", type=int, default=0)
+
+    sub.add_parser("guides", help="list the registered guides")
+    return parser
+
+
+def _train_config(args) -> RunConfig:
+    config = RunConfig.load(args.config) if args.config else RunConfig()
+    given = {f: getattr(args, f) for _, f, _ in TRAIN_FLAGS if getattr(args, f) is not None}
+    if args.resume:
+        extra = sorted(set(given) - RESUMABLE)
+        if extra:
+            raise PyroVAEError("--resume continues a run with its saved config; only --out, --epochs and --device "
+                               f"may be given (got {', '.join('--' + e.replace('_', '-') for e in extra)})")
+    return dataclasses.replace(config, **given)
+
+
+def cmd_train(args) -> int:
+    from .train import fit
+
+    config = _train_config(args)
+    progress = False if args.quiet else None
+    run_dir = fit(config, resume=args.resume, progress=progress, epochs=config.epochs if args.resume else None)
+    print(f"trained: {run_dir}")
+    return 0
+
+
+def _positive(name: str, value: int) -> None:
+    if value <= 0:
+        raise PyroVAEError(f"{name} must be a positive integer, got {value}")
+
+
+def format_eval(result: dict) -> str:
+    rows = [
+        ("run", result["run"]),
+        ("split", f"{result['split']} (n={result['n']})"),
+        ("ELBO", f"{result['elbo']:.3f} ± {result['elbo_se']:.3f} nats/datapoint"),
+        ("  reconstruction", f"{result['recon']:.3f}"),
+        ("  KL", f"{result['kl']:.3f}"),
+        (f"NLL (K={result['iw_samples']})", f"{result['nll']:.3f} ± {result['nll_se']:.3f} nats/datapoint"),
+        ("active units", f"{result['active_units']} / {result['latent_dim']}"),
+    ]
+    return "\n".join(f"{k:<18} {v}" for k, v in rows)
+
+
+def cmd_evaluate(args) -> int:
+    import pyro
+
+    from .evaluate import evaluate
+    from .run import load_data, load_run, resolve_device
+
+    _positive("--iw-samples", args.iw_samples)
+    _positive("--batch-size", args.batch_size)
+    device = resolve_device(args.device)
+    checkpoint = load_run(args.run_dir, device)
+    data = load_data(checkpoint.config, args.data_dir)
+    if tuple(data.obs_shape) != checkpoint.obs_shape:
+        raise PyroVAEError(f"data shape {data.obs_shape} differs from the run's {checkpoint.obs_shape}")
+    pyro.set_rng_seed(args.seed)
+    result = evaluate(checkpoint.pair.model, checkpoint.pair.guide, data.x[args.split].to(device),
+                      iw_samples=args.iw_samples, batch_size=args.batch_size)
+    result = {"run": str(args.run_dir), "split": args.split, "dataset": checkpoint.config.dataset,
+              "guide": checkpoint.config.guide, "epoch": checkpoint.train_state.epoch, **result}
+    name = "eval.json" if args.split == "test" else f"eval-{args.split}.json"
+    write_text_atomic(Path(args.run_dir) / name, json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result) if args.json else format_eval(result))
+    return 0
+
+
+def cmd_sample(args) -> int:
+    import pyro
+
+    from .plots import image_grid, is_image
+    from .run import load_run, resolve_device
+
+    _positive("-n", args.n)
+    if not args.out.lower().endswith(".png"):
+        raise PyroVAEError(f"--out must name a .png file, got {args.out}")
+    checkpoint = load_run(args.run_dir, resolve_device(args.device))
+    if not is_image(checkpoint.obs_shape):
+        raise PyroVAEError(f"the run's data are vectors of shape {checkpoint.obs_shape}, not images")
+    pyro.set_rng_seed(args.seed)
+    image_grid(checkpoint.pair.model.sample(args.n), checkpoint.obs_shape, Path(args.out))
+    print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_guides(args) -> int:
+    for name, spec in guides.GUIDES.items():
+        print(f"{name:<12} {spec.about}  [{spec.reference}]")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "sample": cmd_sample, "guides": cmd_guides}
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = _parser().parse_args(argv)
+        return COMMANDS[args.command](args)
+    except PyroVAEError as err:
+        print(f"pyro-vae: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("pyro-vae: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""Run configuration: one dataclass, validated at the boundary, round-tripped through JSON."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import PyroVAEError
+from .io import write_text_atomic
+
+BINARIZE_CHOICES = ("dynamic", "static", "none")
+DEVICE_CHOICES = ("auto", "cpu", "cuda")
+
+
+@dataclass
+class RunConfig:
+    """Everything needed to rebuild a run's data, model, guide and optimizer.
+
+    ``likelihood`` and ``binarize`` left as ``None`` take the dataset's defaults (see
+    ``pyro_vae.data.DATASETS``); the resolved values are stored once training starts.
+    """
+
+    dataset: str = "digits"
+    data_dir: str | None = None
+    download: bool = False
+    binarize: str | None = None
+    likelihood: str | None = None
+    arch: str = "mlp"
+    hidden: list[int] = field(default_factory=lambda: [256, 256])
+    activation: str = "relu"
+    latent_dim: int = 8
+    guide: str = "diag"
+    guide_options: dict = field(default_factory=dict)
+    prior: str = "standard"
+    objective: str = "elbo"
+    particles: int = 1
+    beta: float = 1.0
+    warmup_epochs: int = 0
+    epochs: int = 50
+    batch_size: int = 128
+    lr: float = 1e-3
+    patience: int = 20
+    min_scale: float = 0.01
+    seed: int = 0
+    device: str = "auto"
+    out: str = "runs/run"
+
+    def validate(self) -> "RunConfig":
+        """Raise :class:`PyroVAEError` on a value no run could use; return self."""
+        positive_ints = ("latent_dim", "particles", "epochs", "batch_size", "patience")
+        for name in positive_ints:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise PyroVAEError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
+        if not isinstance(self.warmup_epochs, int) or self.warmup_epochs < 0:
+            raise PyroVAEError(f"--warmup-epochs must be a non-negative integer, got {self.warmup_epochs!r}")
+        if not self.hidden or any(not isinstance(h, int) or h <= 0 for h in self.hidden):
+            raise PyroVAEError(f"--hidden must be a comma-separated list of positive integers, got {self.hidden!r}")
+        for name in ("beta", "lr", "min_scale"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+                raise PyroVAEError(f"--{name.replace('_', '-')} must be a positive finite number, got {value!r}")
+        if self.binarize is not None and self.binarize not in BINARIZE_CHOICES:
+            raise PyroVAEError(f"unknown --binarize {self.binarize!r}; choose from {', '.join(BINARIZE_CHOICES)}")
+        if self.device not in DEVICE_CHOICES:
+            raise PyroVAEError(f"unknown --device {self.device!r}; choose from {', '.join(DEVICE_CHOICES)}")
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "RunConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise PyroVAEError(f"unknown config keys {', '.join(unknown)}; known keys: {', '.join(sorted(known))}")
+        return cls(**data)
+
+    def save(self, path: str | Path) -> None:
+        write_text_atomic(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "RunConfig":
+        path = Path(path)
+        if not path.is_file():
+            raise PyroVAEError(f"config file not found: {path}")
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise PyroVAEError(f"config file {path} is not valid JSON: {err}") from None
+        if not isinstance(data, dict):
+            raise PyroVAEError(f"config file {path} must hold a JSON object")
+        return cls.from_dict(data)

@@ -1,0 +1,92 @@
+"""Figures of a run, drawn with matplotlib (headless) and torchvision's image grids."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # figures are files; never open a window
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from torchvision.utils import make_grid  # noqa: E402
+
+from .io import atomic_path  # noqa: E402
+
+
+def _save(fig, path: Path) -> Path:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def is_image(obs_shape: tuple) -> bool:
+    return len(obs_shape) == 3
+
+
+def image_grid(images: torch.Tensor, obs_shape: tuple, path: Path, nrow: int = 8, title: str | None = None) -> Path:
+    """Save flattened images (n, D) as one grid PNG."""
+    grid = make_grid(images.detach().float().cpu().clamp(0, 1).reshape((-1,) + tuple(obs_shape)), nrow=nrow,
+                     padding=1, pad_value=1.0)
+    height, width = grid.shape[1:]
+    fig, ax = plt.subplots(figsize=(max(2.0, width / 40), max(2.0, height / 40)))
+    ax.imshow(grid[0], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.axis("off")
+    if title:
+        ax.set_title(title)
+    return _save(fig, path)
+
+
+def elbo_curve(history: list, path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    epochs = [h["epoch"] for h in history]
+    ax.plot(epochs, [h["train_objective"] for h in history], label="train objective (beta-weighted)")
+    ax.plot(epochs, [h["valid_elbo"] for h in history], label="validation ELBO")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("nats per datapoint")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+@torch.no_grad()
+def latent_scatter(guide, x: torch.Tensor, labels, path: Path) -> Path:
+    z = guide.mean(x).cpu()
+    fig, ax = plt.subplots(figsize=(6, 5))
+    points = ax.scatter(z[:, 0], z[:, 1], c=None if labels is None else labels.cpu(), cmap="tab10", s=6)
+    if labels is not None:
+        fig.colorbar(points, ax=ax, label="label")
+    ax.set_xlabel("E[z1 | x]")
+    ax.set_ylabel("E[z2 | x]")
+    return _save(fig, path)
+
+
+@torch.no_grad()
+def manifold(model, obs_shape: tuple, path: Path, n: int = 15) -> Path:
+    """Decoded means over a grid of prior quantiles (Kingma & Welling 2014, Fig. 4)."""
+    device = next(iter(model.prior.buffers())).device
+    q = torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(0.05, 0.95, n)).to(device)
+    z = torch.stack(torch.meshgrid(q, q.flip(0), indexing="xy"), -1).reshape(-1, 2)
+    return image_grid(model.decode_mean(z), obs_shape, path, nrow=n)
+
+
+@torch.no_grad()
+def training_figures(run_dir: Path, pair, data, history: list) -> list[Path]:
+    """Samples, reconstructions and the ELBO curve; for a 2-D latent also the latent scatter and
+    the decoded latent grid."""
+    run_dir = Path(run_dir)
+    pair.eval()
+    written = [elbo_curve(history, run_dir / "elbo_curve.png")] if history else []
+    if not is_image(data.obs_shape):
+        return written
+    x = data.x["test"][:32]
+    recon = pair.model.decode_mean(pair.guide.dist(x).sample())
+    pairs = torch.stack([x, recon], 1).reshape(-1, x.shape[-1])
+    written.append(image_grid(pairs, data.obs_shape, run_dir / "reconstructions.png",
+                              title="data | reconstruction (alternating)"))
+    written.append(image_grid(pair.model.sample(64), data.obs_shape, run_dir / "samples.png", title="prior samples"))
+    if pair.model.latent_dim == 2:
+        written.append(latent_scatter(pair.guide, data.x["test"], data.y["test"], run_dir / "latent_scatter.png"))
+        written.append(manifold(pair.model, data.obs_shape, run_dir / "manifold.png"))
+    return written

@@ -1,0 +1,163 @@
+"""Building a run's model and guide from its config, devices, and checkpoints.
+
+A checkpoint holds everything needed to rebuild and continue a run: the config, the observation
+shape, model and guide state, optimizer state, epoch, early-stopping state, metric history and
+every RNG state. It is loaded with ``weights_only=True``: a checkpoint is data, never code.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyro
+import torch
+from torch import nn
+
+from . import data as data_mod
+from . import guides, models, nets, objectives
+from .config import RunConfig
+from .errors import PyroVAEError
+from .io import atomic_path
+
+FORMAT = "pyro_vae.checkpoint/1"
+BEST, LAST = "checkpoint.pt", "last.pt"
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise PyroVAEError("--device cuda was asked for but no CUDA GPU is available to torch")
+    if name not in ("cpu", "cuda"):
+        raise PyroVAEError(f"unknown --device {name!r}; choose from auto, cpu, cuda")
+    return torch.device(name)
+
+
+def check_names(config: RunConfig) -> None:
+    """Every registry name in ``config`` exists; raises before any data is read or file written."""
+    data_mod.check_name(config.dataset)
+    guides.check_name(config.guide)
+    objectives.check_name(config.objective)
+    for table, kind, name in ((models.PRIORS, "prior", config.prior), (nets.ARCHITECTURES, "architecture", config.arch),
+                              (nets.ACTIVATIONS, "activation", config.activation)):
+        if name not in table:
+            raise PyroVAEError(f"unknown {kind} {name!r}; choose from {', '.join(table)}")
+    if config.likelihood is not None and config.likelihood not in models.LIKELIHOODS:
+        raise PyroVAEError(f"unknown likelihood {config.likelihood!r}; choose from {', '.join(models.LIKELIHOODS)}")
+
+
+class Pair(nn.Module):
+    """The model and guide of one run, so one state dict and one optimizer cover both."""
+
+    def __init__(self, model: models.VAE, guide: guides.AmortizedGuide):
+        super().__init__()
+        self.model, self.guide = model, guide
+
+
+def build(config: RunConfig, obs_shape: tuple) -> Pair:
+    """Model and guide for ``config`` (likelihood resolved) and data of shape ``obs_shape``."""
+    likelihood = models.likelihood(config.likelihood, config)
+    encoder, features, decoder = nets.build(config.arch, obs_shape, config.latent_dim, config.hidden,
+                                            config.activation, likelihood.outputs_per_pixel)
+    model = models.VAE(decoder, likelihood, models.prior(config.prior, config), config.latent_dim)
+    guide = guides.build(config.guide, encoder, features, config.latent_dim, **config.guide_options)
+    return Pair(model, guide)
+
+
+def get_rng_state() -> dict:
+    state = pyro.util.get_rng_state()
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    # numpy's key array becomes a tensor so the checkpoint loads with weights_only=True
+    state["numpy"] = (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached)
+    state["random"] = list(state["random"][1])
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    random.setstate((3, tuple(state["random"]), None))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@dataclass
+class TrainState:
+    """What the training loop needs besides parameters to continue exactly where it stopped."""
+
+    epoch: int = 0
+    step: int = 0
+    best_valid: float = float("-inf")
+    best_epoch: int = 0
+    history: list = field(default_factory=list)
+
+
+def save_checkpoint(path: Path, config: RunConfig, obs_shape: tuple, pair: Pair, optimizer, state: TrainState) -> None:
+    payload = {
+        "format": FORMAT,
+        "config": config.to_dict(),
+        "obs_shape": list(obs_shape),
+        "pair": pair.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "train_state": {"epoch": state.epoch, "step": state.step, "best_valid": state.best_valid,
+                        "best_epoch": state.best_epoch, "history": state.history},
+        "rng": get_rng_state(),
+        "versions": {"torch": str(torch.__version__), "pyro": str(pyro.__version__)},
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+@dataclass
+class Checkpoint:
+    config: RunConfig
+    obs_shape: tuple
+    pair: Pair
+    payload: dict
+
+    @property
+    def train_state(self) -> TrainState:
+        return TrainState(**self.payload["train_state"])
+
+
+def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> Checkpoint:
+    """Load and rebuild a run from ``path``; any unusable file raises :class:`PyroVAEError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise PyroVAEError(f"no checkpoint at {path}")
+    try:
+        payload = torch.load(path, map_location=device, weights_only=True)
+    except Exception as err:  # torch raises many types for truncated or foreign files
+        raise PyroVAEError(f"{path} is not a readable checkpoint ({type(err).__name__})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise PyroVAEError(f"{path} is not a pyro_vae checkpoint (format {FORMAT})")
+    try:
+        config = RunConfig.from_dict(payload["config"]).validate()
+        check_names(config)
+        obs_shape = tuple(payload["obs_shape"])
+        pair = build(config, obs_shape)
+        pair.load_state_dict(payload["pair"])
+    except PyroVAEError as err:
+        raise PyroVAEError(f"checkpoint {path} does not fit this version of pyro_vae: {err}") from None
+    except (KeyError, TypeError, RuntimeError) as err:
+        raise PyroVAEError(f"checkpoint {path} does not match its own config: {str(err).splitlines()[0]}") from None
+    return Checkpoint(config, obs_shape, pair.to(device), payload)
+
+
+def load_run(run_dir: str | Path, device: torch.device | str = "cpu", which: str = BEST) -> Checkpoint:
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise PyroVAEError(f"run directory not found: {run_dir}")
+    return load_checkpoint(run_dir / which, device)
+
+
+def load_data(config: RunConfig, data_dir: str | None = None) -> data_mod.Data:
+    """The data of a run, with the likelihood and binarization it was trained with."""
+    return data_mod.load(config.dataset, data_dir if data_dir is not None else config.data_dir, config.download,
+                         config.likelihood, config.binarize)

@@ -1,0 +1,166 @@
+"""The training loop: SVI with Pyro's differentiable ELBOs and a torch optimizer.
+
+One epoch = one pass over the training split in shuffled full batches (the last partial batch is
+dropped so every step has the same shape, which the JIT objective needs). After each epoch the
+validation ELBO (beta = 1, one sample per image) decides early stopping; ``checkpoint.pt`` keeps
+the best epoch and ``last.pt`` the latest, with every RNG state, so ``--resume`` continues
+bit for bit where an interrupted run stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import pyro
+import torch
+from tqdm.auto import tqdm
+
+from . import objectives
+from .config import RunConfig
+from .errors import PyroVAEError, TrainingDiverged
+from .evaluate import per_datapoint
+from .io import write_text_atomic
+from .run import BEST, LAST, TrainState, build, check_names, load_checkpoint, load_data, resolve_device, \
+    save_checkpoint, set_rng_state
+
+
+def kl_weight(config: RunConfig, step: int, steps_per_epoch: int) -> float:
+    """Linear KL annealing from beta/warmup_steps up to beta over ``warmup_epochs`` (never 0,
+    since Pyro's scale must stay positive)."""
+    warmup_steps = config.warmup_epochs * steps_per_epoch
+    if warmup_steps == 0:
+        return config.beta
+    return config.beta * min(1.0, (step + 1) / warmup_steps)
+
+
+@torch.no_grad()
+def validation_elbo(pair, x: torch.Tensor, batch_size: int = 1000) -> float:
+    pair.eval()
+    total = sum(per_datapoint(pair.model, pair.guide, x[i:i + batch_size], 1)["elbo"].sum().item()
+                for i in range(0, x.shape[0], batch_size))
+    pair.train()
+    return total / x.shape[0]
+
+
+def _train_batches(data, batch_size: int):
+    n = data.x["train"].shape[0]
+    full = n // batch_size if n >= batch_size else 1
+    size = min(batch_size, n)
+    for i, batch in enumerate(data.batches("train", size, shuffle=True)):
+        if i == full:
+            break
+        yield batch
+
+
+def _write_metrics(run_dir: Path, history: list) -> None:
+    write_text_atomic(run_dir / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+
+
+def _prime(loss, x: torch.Tensor, beta: torch.Tensor) -> None:
+    """Run the loss once, validated, with RNG state restored after: the JIT objective compiles on
+    its first call and draws extra random numbers then, which would make a resumed run differ."""
+    state = pyro.util.get_rng_state()
+    with pyro.validation_enabled(True):
+        loss(x, beta)
+    pyro.util.set_rng_state(state)
+
+
+def fit(config: RunConfig, resume: bool = False, progress: bool | None = None, epochs: int | None = None) -> Path:
+    """Train the run described by ``config`` into ``config.out``; return the run directory.
+
+    With ``resume``, the run in ``config.out`` continues from ``last.pt`` with its own config
+    (``epochs`` may raise its budget). Bad input raises :class:`PyroVAEError` before anything is
+    written; a NaN/Inf loss raises :class:`TrainingDiverged` and leaves the checkpoints as they were.
+    """
+    run_dir = Path(config.out)
+    checkpoint = None
+    if resume:
+        checkpoint = load_checkpoint(run_dir / LAST)
+        config = checkpoint.config
+        config.out = str(run_dir)
+        if epochs is not None:
+            config.epochs = epochs
+    elif run_dir.exists() and any(run_dir.iterdir()):
+        raise PyroVAEError(f"run directory {run_dir} already exists and is not empty; use --resume or another --out")
+    config.validate()
+    check_names(config)
+    device = resolve_device(config.device)
+    data = load_data(config)
+    config.likelihood, config.binarize = data.likelihood, data.binarize
+    data = data.to(device)
+
+    pyro.set_rng_seed(config.seed)
+    pair = build(config, data.obs_shape).to(device)
+    optimizer = torch.optim.Adam(pair.parameters(), lr=config.lr)
+    state = TrainState()
+    if checkpoint is not None:
+        pair.load_state_dict(checkpoint.payload["pair"])
+        optimizer.load_state_dict(checkpoint.payload["optimizer"])
+        state = checkpoint.train_state
+    loss = objectives.loss_fn(config.objective, pair.model, pair.guide, config.particles)
+    x_valid = data.x["valid"]
+    steps_per_epoch = max(1, data.x["train"].shape[0] // config.batch_size)
+    one = torch.ones((), device=device)
+    _prime(loss, data.x["train"][: config.batch_size].bernoulli() if data.binarize == "dynamic"
+           else data.x["train"][: config.batch_size], one * kl_weight(config, state.step, steps_per_epoch))
+
+    if checkpoint is None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        config.save(run_dir / "config.json")
+        save_checkpoint(run_dir / LAST, config, data.obs_shape, pair, optimizer, state)
+        save_checkpoint(run_dir / BEST, config, data.obs_shape, pair, optimizer, state)
+    else:
+        set_rng_state(checkpoint.payload["rng"])
+
+    label = "iwae" if config.objective == "iwae" else "elbo"
+    bar = tqdm(total=(config.epochs - state.epoch) * steps_per_epoch, disable=None if progress is None else not progress,
+               unit="step", dynamic_ncols=True)
+    try:
+        with pyro.validation_enabled(False):  # validated once by _prime; checks cost time per step
+            while state.epoch < config.epochs and state.epoch - state.best_epoch < config.patience:
+                started = time.perf_counter()
+                total, seen = 0.0, 0
+                for x in _train_batches(data, config.batch_size):
+                    beta = kl_weight(config, state.step, steps_per_epoch)
+                    optimizer.zero_grad(set_to_none=True)
+                    value = loss(x, one * beta) / x.shape[0]
+                    if not torch.isfinite(value):
+                        raise TrainingDiverged(
+                            f"training diverged: the loss became {value.item()} at epoch {state.epoch + 1}, step "
+                            f"{state.step + 1}; the last good checkpoints (epoch {state.epoch}) are kept in {run_dir}")
+                    value.backward()
+                    optimizer.step()
+                    state.step += 1
+                    total, seen = total - value.item() * x.shape[0], seen + x.shape[0]
+                    bar.update(1)
+                    bar.set_postfix({"epoch": state.epoch + 1, label: f"{total / seen:.2f}", "beta": f"{beta:.2f}"},
+                                    refresh=False)
+                state.epoch += 1
+                valid = validation_elbo(pair, x_valid)
+                if not math.isfinite(valid):
+                    raise TrainingDiverged(f"training diverged: validation ELBO is {valid} after epoch {state.epoch}; "
+                                           f"the last good checkpoints are kept in {run_dir}")
+                state.history.append({"epoch": state.epoch, "step": state.step, "train_objective": total / seen,
+                                      "beta": beta, "valid_elbo": valid, "seconds": time.perf_counter() - started})
+                if valid > state.best_valid:
+                    state.best_valid, state.best_epoch = valid, state.epoch
+                    save_checkpoint(run_dir / BEST, config, data.obs_shape, pair, optimizer, state)
+                save_checkpoint(run_dir / LAST, config, data.obs_shape, pair, optimizer, state)
+                _write_metrics(run_dir, state.history)
+                if progress is not False:
+                    bar.write(f"epoch {state.epoch:4d}  train {label} {total / seen:9.3f}  valid elbo {valid:9.3f}"
+                              + ("  *best" if state.best_epoch == state.epoch else ""))
+    finally:
+        bar.close()
+    _write_figures(run_dir, data, state.history)
+    return run_dir
+
+
+def _write_figures(run_dir: Path, data, history: list) -> None:
+    from . import plots  # matplotlib loads only when figures are drawn
+
+    best = load_checkpoint(run_dir / BEST, data.x["train"].device)
+    plots.training_figures(run_dir, best.pair, data, history)
