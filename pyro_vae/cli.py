@@ -43,7 +43,7 @@ TRAIN_FLAGS = [
     ("--activation", "activation", dict()),
     ("--latent-dim", "latent_dim", dict(type=int)),
     ("--guide", "guide", dict(help=f"registered guide ({', '.join(guides.GUIDES)})")),
-    ("--prior", "prior", dict()),
+    ("--prior", "prior", dict(help="standard or realnvp (a learned affine-coupling flow prior)")),
     ("--objective", "objective", dict(help=f"{', '.join(objectives.OBJECTIVES)}")),
     ("--particles", "particles", dict(type=int, help="samples per datapoint (K of iwae)")),
     ("--beta", "beta", dict(type=float, help="KL weight")),
@@ -58,6 +58,12 @@ TRAIN_FLAGS = [
     ("--out", "out", dict(help="run directory to write")),
 ]
 RESUMABLE = {"out", "epochs", "device"}
+# Flags stored in RunConfig.guide_options; each guide family says which it takes (`pyro-vae guides`).
+GUIDE_FLAGS = [
+    ("--flows", "flows", dict(type=int, help="number of flow steps K")),
+    ("--flow-hidden", "flow_hidden", dict(type=_int_list, help="hidden sizes of each flow's hypernetwork, e.g. 320,320")),
+    ("--stable", "stable", dict(action="store_const", const=True, help="iaf: the gated, numerically stable update")),
+]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -68,7 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--config", help="JSON file of RunConfig fields; flags override it")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
     train.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
-    for flag, field, kwargs in TRAIN_FLAGS:
+    for flag, field, kwargs in TRAIN_FLAGS + GUIDE_FLAGS:
         train.add_argument(flag, dest=field, default=None, **kwargs)
 
     evaluate = sub.add_parser("evaluate", help="test ELBO, importance-sampled NLL, active units")
@@ -95,6 +101,9 @@ def _parser() -> argparse.ArgumentParser:
 def _train_config(args) -> RunConfig:
     config = RunConfig.load(args.config) if args.config else RunConfig()
     given = {f: getattr(args, f) for _, f, _ in TRAIN_FLAGS if getattr(args, f) is not None}
+    options = {f: getattr(args, f) for _, f, _ in GUIDE_FLAGS if getattr(args, f) is not None}
+    if options:
+        given["guide_options"] = {**config.guide_options, **options}
     if args.resume:
         extra = sorted(set(given) - RESUMABLE)
         if extra:
@@ -175,7 +184,8 @@ def cmd_sample(args) -> int:
 
 def cmd_guides(args) -> int:
     for name, spec in guides.GUIDES.items():
-        print(f"{name:<12} {spec.about}  [{spec.reference}]")
+        options = ", ".join(f"{k}={v}" for k, v in spec.options().items())
+        print(f"{name:<12} {spec.about}  [{spec.reference}]" + (f"\n{'':<12} options: {options}" if options else ""))
     return 0
 
 
@@ -188,6 +198,9 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except PyroVAEError as err:
         print(f"pyro-vae: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # an unwritable --out, a full disk: the user's to fix, not a crash
+        print(f"pyro-vae: error: {err.strerror or err}: {err.filename or ''}".rstrip(": "), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("pyro-vae: interrupted", file=sys.stderr)

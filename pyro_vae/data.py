@@ -8,6 +8,7 @@ dataset is validated the same way.
 from __future__ import annotations
 
 import os
+import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterator
@@ -159,11 +160,13 @@ def load_array_file(path: Path) -> Raw:
     if not path.is_file():
         raise PyroVAEError(f"data file not found: {path}")
     try:
-        with np.load(path, allow_pickle=False) as loaded:
-            arrays = {k: loaded[k] for k in loaded.files}
-    except AttributeError:  # np.load on a .npy returns an array, not a context manager
-        arrays = {"x": np.load(path, allow_pickle=False)}
-    except (OSError, ValueError) as err:
+        loaded = np.load(path, allow_pickle=False)
+        if isinstance(loaded, np.ndarray):  # a .npy holds the one array x; only an .npz is a context manager
+            arrays = {"x": loaded}
+        else:
+            with loaded:
+                arrays = {k: loaded[k] for k in loaded.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:  # truncated or foreign files
         raise PyroVAEError(f"cannot read {path} as .npz/.npy: {err}") from None
     if "x" not in arrays:
         raise PyroVAEError(f"{path} has no array 'x' (found: {', '.join(sorted(arrays)) or 'nothing'})")

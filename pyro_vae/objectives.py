@@ -17,6 +17,7 @@ import pyro
 import torch
 from pyro.infer import JitTrace_ELBO, RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
 from pyro.infer.util import get_dependent_plate_dims, torch_sum
+from pyro.util import warn_if_nan
 
 from .errors import PyroVAEError
 
@@ -68,6 +69,13 @@ class _ParamStoreJit(JitTrace_ELBO):
             return fn
 
         return _Loss(self, registered("model", model), registered("guide", guide))
+
+    def differentiable_loss(self, model, guide, *args, **kwargs):
+        # Pyro's version returns loss + (surrogate - surrogate.detach()), but under the JIT the
+        # loss itself keeps its graph, so every gradient came out twice that of Trace_ELBO.
+        loss, surrogate_loss = self.loss_and_surrogate_loss(model, guide, *args, **kwargs)
+        loss = warn_if_nan(loss.detach(), "loss")
+        return loss + (surrogate_loss - surrogate_loss.detach())
 
 
 class _Loss:

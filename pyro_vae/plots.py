@@ -30,7 +30,8 @@ def image_grid(images: torch.Tensor, obs_shape: tuple, path: Path, nrow: int = 8
     grid = make_grid(images.detach().float().cpu().clamp(0, 1).reshape((-1,) + tuple(obs_shape)), nrow=nrow,
                      padding=1, pad_value=1.0)
     height, width = grid.shape[1:]
-    fig, ax = plt.subplots(figsize=(max(2.0, width / 40), max(2.0, height / 40)))
+    inches = 6.0 / max(height, width)
+    fig, ax = plt.subplots(figsize=(width * inches, height * inches))
     ax.imshow(grid[0], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
     ax.axis("off")
     if title:

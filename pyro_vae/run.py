@@ -39,7 +39,7 @@ def resolve_device(name: str) -> torch.device:
 def check_names(config: RunConfig) -> None:
     """Every registry name in ``config`` exists; raises before any data is read or file written."""
     data_mod.check_name(config.dataset)
-    guides.check_name(config.guide)
+    guides.check_options(config.guide, config.guide_options)
     objectives.check_name(config.objective)
     for table, kind, name in ((models.PRIORS, "prior", config.prior), (nets.ARCHITECTURES, "architecture", config.arch),
                               (nets.ACTIVATIONS, "activation", config.activation)):
@@ -132,7 +132,8 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> Checkpoin
     if not path.is_file():
         raise PyroVAEError(f"no checkpoint at {path}")
     try:
-        payload = torch.load(path, map_location=device, weights_only=True)
+        # onto the CPU first: RNG states must stay CPU tensors whatever the run's device
+        payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for truncated or foreign files
         raise PyroVAEError(f"{path} is not a readable checkpoint ({type(err).__name__})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:

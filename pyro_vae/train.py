@@ -23,8 +23,8 @@ from .config import RunConfig
 from .errors import PyroVAEError, TrainingDiverged
 from .evaluate import per_datapoint
 from .io import write_text_atomic
-from .run import BEST, LAST, TrainState, build, check_names, load_checkpoint, load_data, resolve_device, \
-    save_checkpoint, set_rng_state
+from .run import BEST, LAST, TrainState, build, check_names, get_rng_state, load_checkpoint, load_data, \
+    resolve_device, save_checkpoint, set_rng_state
 
 
 def kl_weight(config: RunConfig, step: int, steps_per_epoch: int) -> float:
@@ -62,10 +62,10 @@ def _write_metrics(run_dir: Path, history: list) -> None:
 def _prime(loss, x: torch.Tensor, beta: torch.Tensor) -> None:
     """Run the loss once, validated, with RNG state restored after: the JIT objective compiles on
     its first call and draws extra random numbers then, which would make a resumed run differ."""
-    state = pyro.util.get_rng_state()
+    state = get_rng_state()
     with pyro.validation_enabled(True):
         loss(x, beta)
-    pyro.util.set_rng_state(state)
+    set_rng_state(state)
 
 
 def fit(config: RunConfig, resume: bool = False, progress: bool | None = None, epochs: int | None = None) -> Path:
