@@ -3,7 +3,6 @@
 from .config import RunConfig
 from .data import DATASETS, Data, load as load_data
 from .errors import PyroVAEError, TrainingDiverged
-from .evaluate import evaluate
 from .guides import GUIDES, build as build_guide
 from .models import LIKELIHOODS, PRIORS, VAE
 from .objectives import OBJECTIVES, loss_fn
@@ -14,5 +13,5 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DATASETS", "GUIDES", "LIKELIHOODS", "OBJECTIVES", "PRIORS", "VAE", "Data", "PyroVAEError", "RunConfig",
-    "TrainingDiverged", "build", "build_guide", "evaluate", "fit", "load_data", "load_run", "loss_fn",
+    "TrainingDiverged", "build", "build_guide", "fit", "load_data", "load_run", "loss_fn",
 ]

@@ -67,8 +67,10 @@ GUIDE_FLAGS = [
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="pyro-vae", description="Variational autoencoders as Pyro model/guide pairs.")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser = _Parser(prog="pyro-vae", description="Variational autoencoders as Pyro model/guide pairs.",
+                     allow_abbrev=False)
+    sub = parser.add_subparsers(dest="command", required=True,
+                                parser_class=lambda **kw: _Parser(allow_abbrev=False, **kw))
 
     train = sub.add_parser("train", help="train a VAE into a run directory")
     train.add_argument("--config", help="JSON file of RunConfig fields; flags override it")
@@ -94,17 +96,32 @@ def _parser() -> argparse.ArgumentParser:
     sample.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
     sample.add_argument("--seed", type=int, default=0)
 
+    compare = sub.add_parser("compare", help="train and evaluate one model per guide, side by side")
+    compare.add_argument("--guides", required=True, type=lambda t: [g for g in t.split(",") if g],
+                         help="comma-separated guide names, e.g. diag,full,planar,iaf,coupling")
+    compare.add_argument("--runs", type=lambda t: [r for r in t.split(",") if r],
+                         help="existing run directories, one per guide, instead of training")
+    compare.add_argument("--iw-samples", type=int, default=1000)
+    compare.add_argument("--images", type=int, default=4, help="test images in posteriors.png")
+    compare.add_argument("--config", help="JSON file of RunConfig fields; flags override it")
+    compare.add_argument("--quiet", action="store_true")
+    for flag, field, kwargs in TRAIN_FLAGS + GUIDE_FLAGS:
+        if field == "out":
+            compare.add_argument("--out", default="runs/compare", help="output directory")
+        elif field != "guide":
+            compare.add_argument(flag, dest=field, default=None, **kwargs)
+
     sub.add_parser("guides", help="list the registered guides")
     return parser
 
 
-def _train_config(args) -> RunConfig:
-    config = RunConfig.load(args.config) if args.config else RunConfig()
-    given = {f: getattr(args, f) for _, f, _ in TRAIN_FLAGS if getattr(args, f) is not None}
+def _train_config(args, **defaults) -> RunConfig:
+    config = dataclasses.replace(RunConfig.load(args.config) if args.config else RunConfig(), **defaults)
+    given = {f: getattr(args, f, None) for _, f, _ in TRAIN_FLAGS if getattr(args, f, None) is not None}
     options = {f: getattr(args, f) for _, f, _ in GUIDE_FLAGS if getattr(args, f) is not None}
     if options:
         given["guide_options"] = {**config.guide_options, **options}
-    if args.resume:
+    if getattr(args, "resume", False):
         extra = sorted(set(given) - RESUMABLE)
         if extra:
             raise PyroVAEError("--resume continues a run with its saved config; only --out, --epochs and --device "
@@ -182,6 +199,22 @@ def cmd_sample(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    from .compare import compare
+
+    _positive("--iw-samples", args.iw_samples)
+    _positive("--images", args.images)
+    # a 2-D latent by default: it is the one where exact posteriors can be drawn
+    config = _train_config(args, **({} if args.latent_dim or args.config else {"latent_dim": 2})).validate()
+    table = compare(args.guides, config, args.out, runs=args.runs, iw_samples=args.iw_samples, images=args.images,
+                    progress=False if args.quiet else None)
+    from .compare import markdown
+
+    print(markdown(table), end="")
+    print(f"wrote {args.out}")
+    return 0
+
+
 def cmd_guides(args) -> int:
     for name, spec in guides.GUIDES.items():
         options = ", ".join(f"{k}={v}" for k, v in spec.options().items())
@@ -189,7 +222,8 @@ def cmd_guides(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "sample": cmd_sample, "guides": cmd_guides}
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "sample": cmd_sample, "compare": cmd_compare,
+            "guides": cmd_guides}
 
 
 def main(argv: list[str] | None = None) -> int:

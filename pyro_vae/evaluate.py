@@ -80,7 +80,7 @@ def _mean_se(values: torch.Tensor) -> tuple[float, float]:
 def active_units(guide, x: torch.Tensor, batch_size: int = 500) -> tuple[int, torch.Tensor]:
     """Number of latent dimensions with Cov_x(E_q[z_i|x]) > 0.01, and those variances."""
     means = torch.cat([guide.mean(x[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)])
-    variances = means.var(0, unbiased=True) if means.shape[0] > 1 else torch.zeros(means.shape[-1])
+    variances = means.var(0, unbiased=True) if means.shape[0] > 1 else torch.zeros_like(means[0])
     return int((variances > ACTIVE_UNIT_THRESHOLD).sum()), variances
 
 
@@ -93,6 +93,7 @@ def evaluate(model, guide, x: torch.Tensor, iw_samples: int = 5000, batch_size: 
     ``kl``, ``nll`` = -log p(x) estimated with ``iw_samples`` importance samples and its standard
     error ``nll_se`` over datapoints, ``active_units``, ``latent_dim`` and ``n``.
     """
+    modes = model.training, guide.training
     model.eval()
     guide.eval()
     parts = [per_datapoint(model, guide, x[i:i + batch_size], iw_samples, max_elements)
@@ -101,6 +102,8 @@ def evaluate(model, guide, x: torch.Tensor, iw_samples: int = 5000, batch_size: 
     elbo, elbo_se = _mean_se(per["elbo"])
     log_px, log_px_se = _mean_se(per["log_px"])
     au, _ = active_units(guide, x)
+    model.train(modes[0])
+    guide.train(modes[1])
     return {
         "elbo": elbo, "elbo_se": elbo_se,
         "recon": per["recon"].mean().item(), "kl": per["kl"].mean().item(),

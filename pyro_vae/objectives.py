@@ -100,7 +100,9 @@ def _vectorized(cls):
 
 OBJECTIVES: dict[str, ObjectiveSpec] = {
     "elbo": ObjectiveSpec(_vectorized(Trace_ELBO), "Monte-Carlo ELBO (Trace_ELBO), K particles averaged"),
-    "elbo-jit": ObjectiveSpec(_vectorized(_ParamStoreJit), "the same ELBO compiled with the PyTorch JIT (JitTrace_ELBO)"),
+    "elbo-jit": ObjectiveSpec(lambda k: _ParamStoreJit(num_particles=k, vectorize_particles=True, max_plate_nesting=1,
+                                                       ignore_jit_warnings=True),
+                              "the same ELBO compiled with the PyTorch JIT (JitTrace_ELBO)"),
     "meanfield": ObjectiveSpec(_vectorized(TraceMeanField_ELBO), "ELBO with the KL term in closed form (TraceMeanField_ELBO)"),
     "iwae": ObjectiveSpec(IWAE, "importance-weighted bound with K samples (RenyiELBO alpha=0)"),
 }

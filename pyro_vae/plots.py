@@ -91,3 +91,56 @@ def training_figures(run_dir: Path, pair, data, history: list) -> list[Path]:
         written.append(latent_scatter(pair.guide, data.x["test"], data.y["test"], run_dir / "latent_scatter.png"))
         written.append(manifold(pair.model, data.obs_shape, run_dir / "manifold.png"))
     return written
+
+
+@torch.no_grad()
+def posterior_panels(pairs: dict, x: torch.Tensor, path: Path, samples: int = 4000, n: int = 100) -> Path:
+    """Rows: test images; columns: guides. Each panel shows the model's exact posterior p(z|x)
+    (black contours, quadrature on a grid) over a histogram of draws from the guide's q(z|x)."""
+    from .compare import grid_posterior
+
+    names = list(pairs)
+    fig, axes = plt.subplots(len(x), len(names), figsize=(2.4 * len(names), 2.4 * len(x)), squeeze=False)
+    for j, name in enumerate(names):
+        model, guide = pairs[name].model, pairs[name].guide
+        draws = guide.dist(x).sample((samples,)).cpu()
+        for i in range(len(x)):
+            xi = x[i:i + 1]
+            # a coarse grid finds where the posterior lives, a fine one resolves it there
+            grid, log_post, _ = grid_posterior(model, xi, n)
+            post = log_post[0].exp()
+            zz = torch.stack(torch.meshgrid(grid[0], grid[1], indexing="xy"), -1)
+            w = post / post.sum()
+            mean = (w[..., None] * zz).sum((0, 1))
+            sd = ((w[..., None] * (zz - mean) ** 2).sum((0, 1))).sqrt().clamp(min=0.05)
+            lo, hi = (mean - 4 * sd).tolist(), (mean + 4 * sd).tolist()
+            grid, log_post, _ = grid_posterior(model, xi, n, bounds=(lo[0], hi[0], lo[1], hi[1]))
+            ax = axes[i, j]
+            ax.hist2d(draws[:, i, 0].numpy(), draws[:, i, 1].numpy(), bins=50, range=[[lo[0], hi[0]], [lo[1], hi[1]]],
+                      cmap="Blues")
+            ax.contour(grid[0].cpu(), grid[1].cpu(), log_post[0].exp().cpu(), levels=6, colors="k", linewidths=0.6)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(name)
+    fig.suptitle("exact p(z|x) (contours) and q(z|x) draws (shaded), per test image")
+    return _save(fig, path)
+
+
+@torch.no_grad()
+def interpolations(pairs: dict, xa: torch.Tensor, xb: torch.Tensor, obs_shape: tuple, path: Path,
+                   steps: int = 10) -> Path:
+    """Decoded means along the straight line between the posterior means of two images."""
+    names = list(pairs)
+    fig, axes = plt.subplots(len(names), 1, figsize=(steps * 0.7, 0.9 * len(names)), squeeze=False)
+    t = torch.linspace(0, 1, steps, device=xa.device)[:, None]
+    for ax, name in zip(axes[:, 0], names):
+        za, zb = pairs[name].guide.mean(xa), pairs[name].guide.mean(xb)
+        images = pairs[name].model.decode_mean((1 - t) * za + t * zb)
+        grid = make_grid(images.float().cpu().clamp(0, 1).reshape((-1,) + tuple(obs_shape)), nrow=steps, padding=1,
+                         pad_value=1.0)
+        ax.imshow(grid[0], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_ylabel(name, rotation=0, ha="right", va="center")
+    return _save(fig, path)

@@ -9,6 +9,7 @@ bit for bit where an interrupted run stopped.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -75,6 +76,7 @@ def fit(config: RunConfig, resume: bool = False, progress: bool | None = None, e
     (``epochs`` may raise its budget). Bad input raises :class:`PyroVAEError` before anything is
     written; a NaN/Inf loss raises :class:`TrainingDiverged` and leaves the checkpoints as they were.
     """
+    config = dataclasses.replace(config)  # filled in below; the caller's object stays as given
     run_dir = Path(config.out)
     checkpoint = None
     if resume:

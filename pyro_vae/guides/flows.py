@@ -11,6 +11,7 @@ import pyro.distributions as dist
 import pyro.distributions.transforms as T
 import torch
 from pyro.distributions.conditional import ConditionalTransform
+from pyro.nn import ConditionalAutoRegressiveNN
 from torch import nn
 
 from .base import DiagonalGaussian
@@ -90,7 +91,12 @@ def householder(encoder, features, latent_dim, flows: int = 4, flow_hidden=(320,
 
 def spline(encoder, features, latent_dim, flows: int = 4, flow_hidden=(320, 320), bins: int = 8, bound: float = 5.0):
     """References: Durkan et al. 2019, "Neural Spline Flows", arXiv:1906.04032."""
-    steps = [T.conditional_spline_autoregressive(latent_dim, features, list(flow_hidden), count_bins=bins, bound=bound,
-                                                 order="quadratic")
-             for _ in range(flows)]
+    # Not T.conditional_spline_autoregressive: it sizes the hypernetwork for linear splines (with
+    # their lambdas) whatever ``order`` is, so a quadratic spline failed on its first call
+    # (pyro-ppl/pyro#3130). Rational-quadratic splines take widths, heights and inner derivatives.
+    steps = []
+    for _ in range(flows):
+        hypernet = ConditionalAutoRegressiveNN(latent_dim, features, list(flow_hidden), param_dims=[bins, bins, bins - 1])
+        steps.append(T.ConditionalSplineAutoregressive(latent_dim, hypernet, count_bins=bins, bound=bound,
+                                                       order="quadratic"))
     return FlowGuide(encoder, features, latent_dim, steps, reverse_between=True)
