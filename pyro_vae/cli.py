@@ -111,6 +111,20 @@ def _parser() -> argparse.ArgumentParser:
         elif field != "guide":
             compare.add_argument(flag, dest=field, default=None, **kwargs)
 
+    diag = sub.add_parser("diagnose", help="each guide's q(z|x) against a reference posterior, with ArviZ")
+    diag.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="the first run's model is held fixed")
+    diag.add_argument("--images", type=int, default=8, help="test images to diagnose")
+    diag.add_argument("--reference", choices=("nuts", "grid"), default="nuts", help="grid: exact, 2-D latents only")
+    diag.add_argument("--chains", type=int, default=2)
+    diag.add_argument("--warmup", type=int, default=300)
+    diag.add_argument("--draws", type=int, default=300)
+    diag.add_argument("--iw-samples", type=int, default=5000, help="samples of the log p(x) estimate")
+    diag.add_argument("--is-samples", type=int, default=2000, help="draws of q behind k-hat and ESS")
+    diag.add_argument("--data-dir", default=None)
+    diag.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
+    diag.add_argument("--seed", type=int, default=0)
+    diag.add_argument("--out", default="runs/diagnose")
+
     sub.add_parser("guides", help="list the registered guides")
     return parser
 
@@ -215,6 +229,30 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_diagnose(args) -> int:
+    import warnings
+
+    from .diagnose import diagnose
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        report = diagnose(args.run_dirs, args.out, images=args.images, reference=args.reference, chains=args.chains,
+                          warmup=args.warmup, draws=args.draws, iw_samples=args.iw_samples,
+                          is_samples=args.is_samples, device=args.device, seed=args.seed, data_dir=args.data_dir)
+    for w in report["warnings"]:
+        print(f"pyro-vae: warning: {w}", file=sys.stderr)
+    del caught  # library warnings (ArviZ, Pyro) are not the user's concern here
+    by_guide = {}
+    for r in report["per_image"]:
+        by_guide.setdefault(r["guide"], []).append(r)
+    for name, rows in by_guide.items():
+        khat = [r["khat"] for r in rows]
+        print(f"{name:<16} k-hat median {sorted(khat)[len(khat) // 2]:.2f}  max {max(khat):.2f}  "
+              f"mean KL gap {sum(r['kl_gap'] for r in rows) / len(rows):.3f} nats")
+    print(f"wrote {args.out}/diagnose.md")
+    return 0
+
+
 def cmd_guides(args) -> int:
     for name, spec in guides.GUIDES.items():
         options = ", ".join(f"{k}={v}" for k, v in spec.options().items())
@@ -223,7 +261,7 @@ def cmd_guides(args) -> int:
 
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "sample": cmd_sample, "compare": cmd_compare,
-            "guides": cmd_guides}
+            "diagnose": cmd_diagnose, "guides": cmd_guides}
 
 
 def main(argv: list[str] | None = None) -> int:

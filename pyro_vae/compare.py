@@ -52,6 +52,20 @@ def grid_posterior(model, x: torch.Tensor, n: int = 120, bounds=(-GRID_BOX, GRID
     return axes, (log_joint - log_px[:, None]).reshape(-1, n, n), log_px
 
 
+@torch.no_grad()
+def posterior_window(model, x1: torch.Tensor, n: int = 100, width: float = 4.0):
+    """Grid bounds around one image's posterior: its mean +- ``width`` standard deviations,
+    found on a coarse grid over the default box; returns (x0, x1, y0, y1)."""
+    axes, log_post, _ = grid_posterior(model, x1, n)
+    w = log_post[0].exp()
+    w = w / w.sum()
+    zz = torch.stack(torch.meshgrid(axes[0], axes[1], indexing="xy"), -1)
+    mean = (w[..., None] * zz).sum((0, 1))
+    sd = ((w[..., None] * (zz - mean) ** 2).sum((0, 1))).sqrt().clamp(min=0.05)
+    lo, hi = (mean - width * sd).tolist(), (mean + width * sd).tolist()
+    return lo[0], hi[0], lo[1], hi[1]
+
+
 def _train_or_load(names: list[str], base: RunConfig, out: Path, runs: list[str] | None, progress) -> dict:
     if runs:
         if len(runs) != len(names):

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import math
 
-import pyro
 import torch
-from pyro import poutine
+
+from .objectives import trace_log_probs
 
 # Active units (Burda et al. 2016): a latent dimension whose posterior mean varies with x.
 ACTIVE_UNIT_THRESHOLD = 0.01
@@ -29,21 +29,10 @@ def log_weight_terms(model, guide, x: torch.Tensor, samples: int) -> dict[str, t
     """One vectorized draw of ``samples`` particles: each term has shape (samples, N).
 
     Returns log p(x|z) ("log_lik", observed sites), log p(z) ("log_prior", latent sites of the
-    model) and log q(z|x) ("log_q"), summed over each site's event and non-data dimensions.
+    model) and log q(z|x) ("log_q"), unscaled: bounds are reported at beta = 1.
     """
-    plate = pyro.plate("particles", samples, dim=-2)
-    guide_trace = poutine.trace(plate(guide)).get_trace(x)
-    model_trace = poutine.trace(poutine.replay(plate(model), trace=guide_trace)).get_trace(x)
-    terms = {"log_lik": 0.0, "log_prior": 0.0, "log_q": 0.0}
-    for trace, is_guide in ((model_trace, False), (guide_trace, True)):
-        for site in trace.nodes.values():
-            if site["type"] != "sample":
-                continue
-            lp = site["fn"].log_prob(site["value"])
-            lp = lp.expand((samples, x.shape[0]))
-            key = "log_q" if is_guide else ("log_lik" if site["is_observed"] else "log_prior")
-            terms[key] = terms[key] + lp
-    return terms
+    terms = trace_log_probs(model, guide, x, particles=samples, scaled=False)
+    return {key: terms[key].expand((samples, x.shape[0])) for key in ("log_lik", "log_prior", "log_q")}
 
 
 def _chunk_size(samples: int, batch: int, elements_per_sample: int, max_elements: int) -> int:

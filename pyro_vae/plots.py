@@ -97,7 +97,7 @@ def training_figures(run_dir: Path, pair, data, history: list) -> list[Path]:
 def posterior_panels(pairs: dict, x: torch.Tensor, path: Path, samples: int = 4000, n: int = 100) -> Path:
     """Rows: test images; columns: guides. Each panel shows the model's exact posterior p(z|x)
     (black contours, quadrature on a grid) over a histogram of draws from the guide's q(z|x)."""
-    from .compare import grid_posterior
+    from .compare import grid_posterior, posterior_window
 
     names = list(pairs)
     fig, axes = plt.subplots(len(x), len(names), figsize=(2.4 * len(names), 2.4 * len(x)), squeeze=False)
@@ -107,16 +107,10 @@ def posterior_panels(pairs: dict, x: torch.Tensor, path: Path, samples: int = 40
         for i in range(len(x)):
             xi = x[i:i + 1]
             # a coarse grid finds where the posterior lives, a fine one resolves it there
-            grid, log_post, _ = grid_posterior(model, xi, n)
-            post = log_post[0].exp()
-            zz = torch.stack(torch.meshgrid(grid[0], grid[1], indexing="xy"), -1)
-            w = post / post.sum()
-            mean = (w[..., None] * zz).sum((0, 1))
-            sd = ((w[..., None] * (zz - mean) ** 2).sum((0, 1))).sqrt().clamp(min=0.05)
-            lo, hi = (mean - 4 * sd).tolist(), (mean + 4 * sd).tolist()
-            grid, log_post, _ = grid_posterior(model, xi, n, bounds=(lo[0], hi[0], lo[1], hi[1]))
+            bounds = posterior_window(model, xi, n)
+            grid, log_post, _ = grid_posterior(model, xi, n, bounds=bounds)
             ax = axes[i, j]
-            ax.hist2d(draws[:, i, 0].numpy(), draws[:, i, 1].numpy(), bins=50, range=[[lo[0], hi[0]], [lo[1], hi[1]]],
+            ax.hist2d(draws[:, i, 0].numpy(), draws[:, i, 1].numpy(), bins=50, range=[bounds[:2], bounds[2:]],
                       cmap="Blues")
             ax.contour(grid[0].cpu(), grid[1].cpu(), log_post[0].exp().cpu(), levels=6, colors="k", linewidths=0.6)
             ax.set_xticks([])
@@ -143,4 +137,58 @@ def interpolations(pairs: dict, xa: torch.Tensor, xb: torch.Tensor, obs_shape: t
         ax.set_xticks([])
         ax.set_yticks([])
         ax.set_ylabel(name, rotation=0, ha="right", va="center")
+    return _save(fig, path)
+
+
+def khat_plot(rows: list[dict], path: Path, good: float = 0.5, bad: float = 0.7) -> Path:
+    """Pareto k-hat per test image, one marker series per guide, with the 0.5 / 0.7 thresholds."""
+    fig, ax = plt.subplots(figsize=(6.5, 3.5))
+    guides = list(dict.fromkeys(r["guide"] for r in rows))
+    images = list(dict.fromkeys(r["image"] for r in rows))
+    for k, name in enumerate(guides):
+        mine = [r for r in rows if r["guide"] == name]
+        ax.plot([images.index(r["image"]) + 0.08 * (k - len(guides) / 2) for r in mine], [r["khat"] for r in mine],
+                "o", label=name)
+    ax.axhline(good, color="0.4", ls="--", lw=0.8)
+    ax.axhline(bad, color="C3", ls="--", lw=0.8)
+    ax.set_xticks(range(len(images)), [str(i) for i in images])
+    ax.set_xlabel("test image")
+    ax.set_ylabel("PSIS k-hat")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def variance_law_bars(per_dimension: dict, path: Path) -> Path:
+    """E_x[sigma^2(x)] (lower part) + Var_x[mu(x)] (upper part) per latent dimension and run."""
+    names = list(per_dimension)
+    fig, axes = plt.subplots(1, len(names), figsize=(max(4.0, 0.5 * len(per_dimension[names[0]]["variance_law"]) + 2)
+                                                     * len(names), 3.5), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        d = per_dimension[name]
+        dims = range(len(d["variance_law"]))
+        ax.bar(dims, d["mean_variance"], label="E[sigma^2(x)]", color="C0")
+        ax.bar(dims, d["variance_of_means"], bottom=d["mean_variance"], label="Var[mu(x)]", color="C1")
+        ax.axhline(1.0, color="k", lw=0.8, ls="--")
+        ax.set_title(name)
+        ax.set_xlabel("latent dimension")
+    axes[0, 0].legend(fontsize=8)
+    return _save(fig, path)
+
+
+def aggregate_histograms(samples: dict, path: Path, max_dims: int = 8) -> Path:
+    """Histograms of the aggregate posterior q(z) per dimension (rows: runs) against N(0, 1)."""
+    names = list(samples)
+    dims = min(max_dims, samples[names[0]].shape[1])
+    fig, axes = plt.subplots(len(names), dims, figsize=(2.0 * dims, 1.8 * len(names)), squeeze=False)
+    grid = torch.linspace(-4, 4, 200)
+    normal = torch.distributions.Normal(0.0, 1.0).log_prob(grid).exp()
+    for i, name in enumerate(names):
+        for j in range(dims):
+            ax = axes[i, j]
+            ax.hist(samples[name][:, j], bins=60, range=(-4, 4), density=True, color="C0", alpha=0.7)
+            ax.plot(grid, normal, color="k", lw=0.8)
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(f"z{j}", fontsize=9)
+        axes[i, 0].set_ylabel(name, fontsize=9)
     return _save(fig, path)

@@ -40,6 +40,12 @@ class AmortizedGuide(nn.Module):
         # threshold, which 64 samples (1/64 > 0.01) did not.
         return self.dist(x).rsample((samples,)).mean(0)
 
+    @torch.no_grad()
+    def moments(self, x: torch.Tensor, samples: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and per-dimension variance of q(z|x), each (N, L); Monte-Carlo unless closed form."""
+        draws = self.dist(x).sample((samples,))
+        return draws.mean(0), draws.var(0)
+
 
 class DiagonalGaussian(AmortizedGuide):
     """q(z|x) = N(mu(x), diag sigma(x)^2), the mean-field guide.
@@ -65,6 +71,11 @@ class DiagonalGaussian(AmortizedGuide):
     @torch.no_grad()
     def mean(self, x, samples: int = 0):
         return self.loc_scale(x)[0]
+
+    @torch.no_grad()
+    def moments(self, x, samples: int = 0):
+        loc, scale = self.loc_scale(x)
+        return loc, scale ** 2
 
 
 class FullCovariance(AmortizedGuide):
@@ -97,6 +108,11 @@ class FullCovariance(AmortizedGuide):
     def mean(self, x, samples: int = 0):
         return self.loc_tril(x)[0]
 
+    @torch.no_grad()
+    def moments(self, x, samples: int = 0):
+        loc, tril = self.loc_tril(x)
+        return loc, tril.pow(2).sum(-1)
+
 
 class ConstantVariance(AmortizedGuide):
     """q(z|x) = N(mu(x), diag sigma^2): the encoder gives only the mean; one learned variance per
@@ -119,3 +135,8 @@ class ConstantVariance(AmortizedGuide):
     @torch.no_grad()
     def mean(self, x, samples: int = 0):
         return self.head(self.encoder(x))
+
+    @torch.no_grad()
+    def moments(self, x, samples: int = 0):
+        q = self.dist(x)
+        return q.mean, q.variance

@@ -14,7 +14,7 @@ from pyro.distributions.conditional import ConditionalTransform
 from pyro.nn import ConditionalAutoRegressiveNN
 from torch import nn
 
-from .base import DiagonalGaussian
+from .base import AmortizedGuide, DiagonalGaussian
 
 
 class FlowGuide(DiagonalGaussian):
@@ -48,6 +48,8 @@ class FlowGuide(DiagonalGaussian):
     @torch.no_grad()
     def mean(self, x, samples: int = 1000):  # enough for active units: see AmortizedGuide.mean
         return self.dist(x).rsample((samples,)).mean(0)
+
+    moments = AmortizedGuide.moments  # the base's closed form does not hold after the flow
 
 
 def planar(encoder, features, latent_dim, flows: int = 4, flow_hidden=(320, 320)):
