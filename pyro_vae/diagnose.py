@@ -54,15 +54,17 @@ def nuts_reference(model, x: torch.Tensor, chains: int, warmup: int, draws: int,
     for p in frozen:  # gradients are wanted with respect to z only
         p.requires_grad_(False)
     out = []
-    for chain in range(chains):
-        pyro.set_rng_seed(seed + chain)
-        init = {"z": 2.0 * torch.randn(x.shape[0], model.latent_dim, device=x.device, dtype=x.dtype)}
-        mcmc = MCMC(NUTS(potential_fn=potential, max_tree_depth=8), num_samples=draws, warmup_steps=warmup,
-                    initial_params=init, disable_progbar=True)
-        mcmc.run()
-        out.append(mcmc.get_samples()["z"].cpu().numpy())
-    for p in frozen:
-        p.requires_grad_(True)
+    try:
+        for chain in range(chains):
+            pyro.set_rng_seed(seed + chain)
+            init = {"z": 2.0 * torch.randn(x.shape[0], model.latent_dim, device=x.device, dtype=x.dtype)}
+            mcmc = MCMC(NUTS(potential_fn=potential, max_tree_depth=8), num_samples=draws, warmup_steps=warmup,
+                        initial_params=init, disable_progbar=True)
+            mcmc.run()
+            out.append(mcmc.get_samples()["z"].cpu().numpy())
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
     return np.stack(out)
 
 
@@ -72,7 +74,8 @@ def grid_reference(model, x: torch.Tensor, chains: int, draws: int, n: int = 200
     with its probability, then a uniform point in the cell. Returns (chains, draws, N, 2)."""
     out = []
     for i in range(x.shape[0]):
-        bounds = posterior_window(model, x[i:i + 1])
+        # six posterior standard deviations: the tails of a skewed posterior stay inside the grid
+        bounds = posterior_window(model, x[i:i + 1], width=6.0)
         axes, log_post, _ = grid_posterior(model, x[i:i + 1], n, bounds=bounds)
         cells = torch.multinomial(log_post[0].exp().flatten(), chains * draws, replacement=True)
         step = torch.tensor([axes[0, 1] - axes[0, 0], axes[1, 1] - axes[1, 0]], device=x.device)

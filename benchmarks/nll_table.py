@@ -1,0 +1,180 @@
+"""Published figures, the bits/dim convention, the results files and the markdown table of ``nll.py``.
+
+Kept apart from the grid and the runner: the table is regenerated from the results files alone.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from pyro_vae.errors import PyroVAEError
+
+# pyro_vae.data divides Frey faces' 8-bit grey levels by 255: neighbouring levels lie 1/255 apart.
+FREY_LEVEL_SCALE = 255
+
+
+def bits_per_dim(nats: float, dim: int, scale: int = FREY_LEVEL_SCALE) -> float:
+    """Bits per pixel of a density on grey levels divided by ``scale``.
+
+    A density p(x) on x = k/scale gives the level k the probability p(x)/scale (the density times the
+    bin width 1/scale, to first order), so -log2 P = (NLL + D ln scale) / (D ln 2) per pixel. Published
+    Frey bits/dim use a 256-way categorical per pixel instead, so the two agree only approximately.
+    """
+    return (nats + dim * math.log(scale)) / (dim * math.log(2))
+
+
+def bits_se(nats_se: float, dim: int) -> float:
+    return nats_se / (dim * math.log(2))
+
+
+@dataclass(frozen=True)
+class Anchor:
+    """A published figure and the exact setting it belongs to: ``setting`` maps Cell fields to the
+    values a cell must have for the figure to be shown beside it."""
+
+    metric: str  # "nll" or "neg_elbo", nats per image
+    value: float
+    label: str
+    setting: dict
+    source: str
+    bound: str = ""  # "≤" where the paper reports an upper bound on the NLL
+    note: str = ""
+
+
+STATIC = {"dataset": "binarized-mnist", "binarize": "none"}
+DYNAMIC = {"dataset": "mnist", "binarize": "dynamic"}
+RM_NET = {"arch": "mlp", "hidden": (400,), "latent_dim": 40, "particles": 1}
+BURDA_NET = {"arch": "mlp", "hidden": (200, 200), "latent_dim": 50, "activation": "tanh", "guide": "diag"}
+RM = "Rezende & Mohamed 2015, arXiv:1505.05770"
+BURDA = "Burda et al. 2016, arXiv:1509.00519"
+
+# From ../shared/ANCHORS.md. Van den Berg et al.'s and Kingma et al.'s conv figures have no cell
+# here: their gated-conv and ResNet networks are not the suite's conv architecture.
+ANCHORS: dict[str, Anchor] = {
+    "rm-dlgm-diag": Anchor("nll", 89.9, "R&M DLGM diagonal", {**STATIC, **RM_NET, "guide": "diag", "objective": "elbo"},
+                           RM, bound="≤"),
+    "pythae-vae": Anchor("nll", 89.78, "pythae VAE", {**STATIC, **RM_NET, "guide": "diag", "objective": "elbo"},
+                         "pythae reproducibility README",
+                         note="200 IS (more samples lower the estimate in expectation)"),
+    "rm-planar-80": Anchor("nll", 85.1, "R&M DLGM + planar K=80",
+                           {**STATIC, **RM_NET, "guide": "planar", "flows": 80, "objective": "elbo"}, RM, bound="≤"),
+    "burda-static-iwae50": Anchor("nll", 87.10, "Burda IWAE k=50",
+                                  {**STATIC, **BURDA_NET, "objective": "iwae", "particles": 50},
+                                  f"{BURDA}, appendix", note="5000 IS"),
+    **{f"burda-dynamic-{obj}{k}": Anchor("nll", value, f"Burda {'VAE' if obj == 'elbo' else 'IWAE'} k={k}",
+                                         {**DYNAMIC, **BURDA_NET, "objective": obj, "particles": k}, BURDA,
+                                         note="3280 epochs, 5000 IS")
+       for obj, values in (("elbo", (86.76, 86.47, 86.35)), ("iwae", (86.76, 85.54, 84.78)))
+       for k, value in zip((1, 5, 50), values)},
+}
+
+
+def anchors_for(cell) -> list[str]:
+    """Keys of the published figures whose whole setting this cell has."""
+    return [key for key, a in ANCHORS.items() if all(getattr(cell, f) == v for f, v in a.setting.items())]
+
+
+def results_files(results: Path, tier: str, device: str) -> list[Path]:
+    pattern = re.compile(rf"{re.escape(tier)}-{re.escape(device)}-\d{{4}}-\d{{2}}-\d{{2}}\.jsonl")
+    return sorted(p for p in results.glob("*.jsonl") if pattern.fullmatch(p.name)) if results.is_dir() else []
+
+
+def read_records(results: Path, tier: str, device: str) -> list[dict]:
+    records = []
+    for path in results_files(results, tier, device):
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError:
+                    raise PyroVAEError(f"{path}, line {n}, is not JSON; remove or repair it") from None
+    return records
+
+
+def _pm(value: float, se: float, digits: int = 2) -> str:
+    return f"{value:.{digits}f} ± {se:.{digits}f}"
+
+
+def row(r: dict, footnotes: dict) -> list[str]:
+    """The table cells of one result line (``footnotes`` numbers the anchors as they appear)."""
+    test = r["test"]
+    images = f"{test['n']} (all)" if test["stride"] == 1 else f"{test['n']} (test[::{test['stride']}])"
+    bpd = (f"{r['neg_elbo_bits_per_dim']:.3f} / {r['nll_bits_per_dim']:.3f}"
+           if r.get("nll_bits_per_dim") is not None else "")
+    memory = f"{r['peak_rss_mib']:.0f} (+{r['peak_rss_delta_mib']:.0f})"
+    if r.get("cuda_peak_mib") is not None:
+        memory += f"; CUDA {r['cuda_peak_mib']:.0f}"
+    published = []
+    for key in r["anchors"]:
+        a = ANCHORS[key]
+        n = footnotes.setdefault(key, len(footnotes) + 1)
+        gap = r[a.metric] - a.value
+        published.append(f"{a.label}: {a.bound + ' ' if a.bound else ''}{a.value:.2f} [{n}] (ours {gap:+.2f})")
+    params = r["parameters"]
+    flag = " †" if r["contended"] else ""
+    return [f"`{r['id']}`", images, f"{r['epochs']} ({r['best_epoch']})", _pm(r["neg_elbo"], r["neg_elbo_se"]),
+            f"{_pm(r['nll'], r['nll_se'])} ({r['iw_samples']})", bpd, f"{r['active_units']}/{r['latent_dim']}",
+            f"{r['seconds_per_epoch']:.2f}{flag}", memory, f"{params['model'] + params['guide']:,}",
+            f"{r['wall_seconds']:.0f}", "; ".join(published)]
+
+
+HEADER = ["cell", "test images", "epochs (best)", "−ELBO ± se", "NLL ± se (IS)", "bits/dim (−ELBO / NLL)",
+          "active units", "s/epoch", "peak RSS MiB (+Δ)", "parameters", "wall s", "published (ANCHORS.md)"]
+
+
+def markdown(tier: str, device: str, records: list[dict], missing: list[str], command: str, about: str = "") -> str:
+    """The table of the latest result per cell, with notes, footnotes and the machine facts."""
+    footnotes: dict = {}
+    lines = [f"# Test NLL benchmark: `{tier}` tier, {device}", "",
+             f"Generated by `{command}` from `{tier}-{device}-*.jsonl` beside this file (the latest line per "
+             "cell). Do not edit by hand.", ""] + ([about, ""] if about else []) + [
+
+             "Nats per test image, every constant included. −ELBO: the mean of −log p(x, z_k)/q(z_k|x) over "
+             "the K importance draws; NLL: −log (1/K) Σ p(x, z_k)/q(z_k|x) with K importance samples "
+             "(the column gives K), an upper bound in expectation, ± the standard error over test images. "
+             "Both from the checkpoint with the best validation ELBO (epoch in brackets).", "",
+             "Cell ids read `data.network.guide[K flows].objective[k]`. `binarized-mnist` is the static "
+             "Larochelle–Murray binarization (its test split is sorted by label, so a subset is strided); "
+             "`-dynamic` data resample the training pixels every time they are used, and their test split is "
+             "binarized once with a fixed seed. Static and dynamic figures are never compared with each other.", "",
+             "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    lines += ["| " + " | ".join(row(r, footnotes)) + " |" for r in records]
+    if missing:
+        lines += ["", "Declared but not yet in the results: " + ", ".join(f"`{m}`" for m in missing) + "."]
+    notes = []
+    if any(r.get("nll_bits_per_dim") is not None for r in records):
+        notes.append("bits/dim (Gaussian cells): the decoder is a density on grey levels divided by "
+                     f"{FREY_LEVEL_SCALE}, so bits/dim = (nats + D ln {FREY_LEVEL_SCALE}) / (D ln 2), D = pixels: "
+                     "the density times the bin width. Van den Berg et al. 2018 report Frey faces with a 256-way "
+                     "categorical per pixel (−ELBO 4.53 bits/dim without a flow), a different likelihood and "
+                     "network, so those figures are not set beside these (ANCHORS.md: van den Berg et al. 2018).")
+    if any(r["contended"] for r in records):
+        notes.append("† other processes competed for the cores during this cell (its process got under 75% of "
+                     "its threads' CPU time): seconds are then high and unsteady.")
+    notes.append("s/epoch: wall seconds of one training pass plus the validation ELBO, from the run's "
+                 "`metrics.jsonl`. Peak RSS: the process's high-water mark after the cell and how much this cell "
+                 "raised it (0 when an earlier cell in the same process had used more). Parameters: model + "
+                 "guide. Wall s: training, evaluation and loading.")
+    lines += [""] + [f"- {n}" for n in notes]
+    if footnotes:
+        lines += ["", "Published figures (nats; from `../shared/ANCHORS.md`, which lists the settings):", ""]
+        for key, n in footnotes.items():
+            a = ANCHORS[key]
+            extra = f"; {a.note}" if a.note else ""
+            metric = "NLL" if a.metric == "nll" else "−ELBO"
+            lines.append(f"{n}. {a.label}: {metric} {a.bound + ' ' if a.bound else ''}{a.value:.2f}{extra} "
+                         f"(ANCHORS.md: {a.source})")
+    if records:
+        latest = max(records, key=lambda r: r["finished"])
+        facts = {**latest["machine"], "date": latest["date"], **latest["git"]}
+        commits = sorted({r["git"]["commit"] or "unknown" for r in records})
+        lines += ["", "| machine and software (latest cell) | |", "|---|---|"]
+        lines += [f"| {k} | {v} |" for k, v in facts.items() if k != "process_cpu_seconds_per_wall_second"]
+        if len(commits) > 1:
+            lines += ["", f"Rows come from {len(commits)} commits ({', '.join(c[:10] for c in commits)}); each JSON "
+                      "line records its own machine, versions and commit."]
+    return "\n".join(lines) + "\n"
