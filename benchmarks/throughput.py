@@ -82,20 +82,12 @@ def baseline_from(pair) -> PlainVAE:
 
 
 class Contender:
-    """One loss with its own copy of the parameters, its own optimizer and clocks."""
+    """One loss with its own parameters (``module``), its own optimizer and clocks."""
 
-    def __init__(self, name, pair, x0, beta):
-        if name == "baseline":
-            module = self.loss = baseline_from(pair)
-        elif name == STOCK:
-            module = copy.deepcopy(pair)
-            self.loss = pyro.infer.Trace_ELBO(max_plate_nesting=1)(module.model, module.guide)
-            _prime(self.loss, x0, beta)
-        else:
-            module = copy.deepcopy(pair)
-            self.loss = objectives.loss_fn(name, module.model, module.guide, 1)
-            _prime(self.loss, x0, beta)  # as train.fit does: one validated call, compiling the JIT
-        self.name, self.count = name, 0
+    def __init__(self, name, module, loss, x0=None, beta=None):
+        if x0 is not None:
+            _prime(loss, x0, beta)  # as train.fit does: one validated call, compiling the JIT
+        self.name, self.loss, self.count = name, loss, 0
         self.optimizer = torch.optim.Adam(module.parameters(), lr=LR)
 
     def steps(self, batches, beta, n: int) -> None:
@@ -106,6 +98,24 @@ class Contender:
             value = self.loss(x, beta) / x.shape[0]
             value.backward()
             self.optimizer.step()
+
+
+def contender(name, pair, x0, beta) -> Contender:
+    if name == "baseline":
+        plain = baseline_from(pair)
+        return Contender(name, plain, plain)
+    module = copy.deepcopy(pair)
+    if name == STOCK:
+        loss = pyro.infer.Trace_ELBO(max_plate_nesting=1)(module.model, module.guide)
+    else:
+        loss = objectives.loss_fn(name, module.model, module.guide, 1)
+    return Contender(name, module, loss, x0, beta)
+
+
+def random_batches(seed: int, device, count: int = 10) -> list:
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.bernoulli(torch.rand(BATCH, math.prod(OBS_SHAPE), generator=gen), generator=gen).to(device)
+            for _ in range(count)]
 
 
 def sync(device):
@@ -139,15 +149,8 @@ def check_agreement(pair, x, beta) -> dict:
     return out
 
 
-def benchmark(device, repeats: int, steps: int, warmup: int, seed: int) -> tuple[dict, dict, float]:
-    pyro.set_rng_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
-    batches = [torch.bernoulli(torch.rand(BATCH, math.prod(OBS_SHAPE), generator=gen), generator=gen).to(device)
-               for _ in range(10)]
-    beta = torch.ones((), device=device)
-    pair = suite_pair(device)
-    agreement = check_agreement(copy.deepcopy(pair), batches[0], beta * 0.5)
-    contenders = [Contender(name, pair, batches[0], beta) for name in CONTENDERS]
+def time_interleaved(contenders, batches, beta, device, repeats: int, steps: int, warmup: int) -> tuple[dict, float]:
+    """Wall seconds per repeat for each contender, and the process CPU seconds per wall second."""
     wall = {c.name: [] for c in contenders}
     cpu = 0.0
     with pyro.validation_enabled(False):  # as in training: validated once when primed, not per step
@@ -165,14 +168,24 @@ def benchmark(device, repeats: int, steps: int, warmup: int, seed: int) -> tuple
                     sync(device)
                     wall[c.name][-1] += time.perf_counter() - w
                     cpu += time.process_time() - p
+    # near torch's thread count on an idle machine; far below it, other processes took the cores
+    return wall, cpu / sum(map(sum, wall.values()))
+
+
+def benchmark(device, repeats: int, steps: int, warmup: int, seed: int) -> tuple[dict, dict, float]:
+    pyro.set_rng_seed(seed)
+    batches = random_batches(seed, device)
+    beta = torch.ones((), device=device)
+    pair = suite_pair(device)
+    agreement = check_agreement(copy.deepcopy(pair), batches[0], beta * 0.5)
+    contenders = [contender(name, pair, batches[0], beta) for name in CONTENDERS]
+    wall, busy = time_interleaved(contenders, batches, beta, device, repeats, steps, warmup)
     results = {}
     for name in wall:
         ratios = [t / b for t, b in zip(wall[name], wall["baseline"])]
         results[name] = {"median_steps_per_s": statistics.median(steps / t for t in wall[name]),
                          "median_ratio_to_baseline": statistics.median(ratios),
                          "seconds_per_repeat": wall[name], "ratios_per_repeat": ratios}
-    # near torch's thread count on an idle machine; far below it, other processes took the cores
-    busy = cpu / sum(map(sum, wall.values()))
     return results, agreement, busy
 
 
@@ -191,6 +204,34 @@ def git(*args) -> str | None:
         return None
 
 
+def facts(device, load_before: float, busy: float) -> dict:
+    """Date, commit and machine of a run, the same in every benchmark's report."""
+    tracked = git("status", "--porcelain", "--untracked-files=no")
+    return {
+        "device": device.type, "date": datetime.date.today().isoformat(),
+        "git": {"commit": git("rev-parse", "HEAD"), "tracked_changes": None if tracked is None else bool(tracked)},
+        "machine": {"platform": platform.platform(), "processor": cpu_model(), "cpu_count": os.cpu_count(),
+                    "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+                    "python": platform.python_version(), "torch": str(torch.__version__), "pyro": str(pyro.__version__),
+                    "torch_threads": torch.get_num_threads(), "load_average_1min_before": round(load_before, 2),
+                    "process_cpu_seconds_per_wall_second": round(busy, 2)},
+    }
+
+
+def caution_lines(report: dict) -> list[str]:
+    m = report["machine"]
+    if m["process_cpu_seconds_per_wall_second"] < 0.75 * m["torch_threads"] and report["device"] == "cpu":
+        return ["", f"**Caution**: the benchmark got {m['process_cpu_seconds_per_wall_second']:.2f} CPU seconds per "
+                f"second with {m['torch_threads']} torch threads, so other processes were competing for the cores; "
+                "steps/s are then low and unsteady, and ratios less trustworthy. Rerun on an idle machine."]
+    return []
+
+
+def facts_lines(report: dict) -> list[str]:
+    table = {**report["machine"], "date": report["date"], **report["git"]}
+    return ["", "| machine and software | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in table.items()]
+
+
 def markdown(report: dict) -> str:
     s = report["settings"]
     lines = [f"# Training-step throughput ({report['device']}, {report['date']})", "",
@@ -204,18 +245,13 @@ def markdown(report: dict) -> str:
         lines.append(f"| {name} | {r['median_steps_per_s']:.1f} | {r['median_ratio_to_baseline']:.3f} "
                      f"| {low:.3f} - {high:.3f} |")
     lines += ["", f"Target: ratio <= {TARGET_RATIO:.2f} on CPU for the suite step."]
-    m = report["machine"]
-    if m["process_cpu_seconds_per_wall_second"] < 0.75 * m["torch_threads"] and report["device"] == "cpu":
-        lines += ["", f"**Caution**: the benchmark got {m['process_cpu_seconds_per_wall_second']:.2f} CPU seconds per "
-                  f"second with {m['torch_threads']} torch threads, so other processes were competing for the cores; "
-                  "steps/s are then low and unsteady, and ratios less trustworthy. Rerun on an idle machine."]
+    lines += caution_lines(report)
     lines += ["",
               "Check, suite vs baseline on one shared z sample (negative ELBO summed over the batch):", ""]
     lines += [f"- {name}: loss {a['suite_loss']:.4f} vs {a['baseline_loss']:.4f} (relative difference "
               f"{a['rel_diff']:.1e}); gradients differ by {a['grad_rel_diff']:.1e} relative to their norm"
               for name, a in report["agreement"].items()]
-    facts = {**report["machine"], "date": report["date"], **report["git"]}
-    lines += ["", "| machine and software | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in facts.items()]
+    lines += facts_lines(report)
     return "\n".join(lines) + "\n"
 
 
@@ -237,22 +273,15 @@ def main(argv=None) -> int:
 
     load_before = os.getloadavg()[0]
     results, agreement, busy = benchmark(device, args.repeats, args.steps, args.warmup, args.seed)
-    date, tracked = datetime.date.today().isoformat(), git("status", "--porcelain", "--untracked-files=no")
     report = {
-        "device": device.type, "date": date,
-        "git": {"commit": git("rev-parse", "HEAD"), "tracked_changes": None if tracked is None else bool(tracked)},
-        "machine": {"platform": platform.platform(), "processor": cpu_model(), "cpu_count": os.cpu_count(),
-                    "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-                    "python": platform.python_version(), "torch": str(torch.__version__), "pyro": str(pyro.__version__),
-                    "torch_threads": torch.get_num_threads(), "load_average_1min_before": round(load_before, 2),
-                    "process_cpu_seconds_per_wall_second": round(busy, 2)},
+        **facts(device, load_before, busy),
         "settings": {"batch": BATCH, "network": "784-500-500-32", "guide": "diag", "likelihood": "bernoulli",
                      "optimizer": f"Adam(lr={LR})", "particles": 1, "repeats": args.repeats, "steps": args.steps,
                      "warmup": args.warmup, "seed": args.seed, "data": "bernoulli(uniform) noise, 10 batches"},
         "target_ratio": TARGET_RATIO, "agreement": agreement, "results": results,
     }
     out = Path(args.out)
-    write_text_atomic(out / f"throughput-{device.type}-{date}.json", json.dumps(report, indent=2) + "\n")
+    write_text_atomic(out / f"throughput-{device.type}-{report['date']}.json", json.dumps(report, indent=2) + "\n")
     text = markdown(report)
     write_text_atomic(out / f"throughput-{device.type}.md", text)
 

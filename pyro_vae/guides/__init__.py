@@ -16,7 +16,7 @@ from torch import nn
 from ..errors import PyroVAEError
 from . import flows
 from .base import MIN_SCALE, AmortizedGuide, ConstantVariance, DiagonalGaussian, FullCovariance
-from .flows import FlowGuide
+from .flows import FlowGuide, UnconditionalFlow, unconditional_flow
 
 
 @dataclass
@@ -78,4 +78,5 @@ def build(name: str, encoder: nn.Module, features: int, latent_dim: int, **optio
 
 
 __all__ = ["GUIDES", "MIN_SCALE", "AmortizedGuide", "ConstantVariance", "DiagonalGaussian", "FlowGuide",
-           "FullCovariance", "GuideSpec", "build", "check_name", "check_options"]
+           "FullCovariance", "GuideSpec", "UnconditionalFlow", "build", "check_name", "check_options",
+           "unconditional_flow"]

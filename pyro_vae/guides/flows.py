@@ -1,5 +1,9 @@
-"""Normalizing-flow guides: a diagonal Gaussian base on h(x), then K transforms from
-``pyro.distributions.transforms`` conditioned on the same encoder features h(x).
+"""Normalizing flows from ``pyro.distributions.transforms``, registered by family.
+
+``FAMILIES`` owns the family logic: ``flow_steps`` builds K steps of one family, conditioned on
+encoder features h(x) when ``context_dim`` is given and unconditional otherwise. The amortized
+guides (a diagonal Gaussian base on h(x), then the conditioned steps) and ``UnconditionalFlow``
+(used to fit the 2-D test energies) both build from it, so the two cannot drift apart.
 
 Planar and radial flows have no analytic inverse: q scores only the samples it has just drawn
 (Pyro's transforms cache the last x <-> y pair), which is all the ELBO and IWAE need.
@@ -7,14 +11,139 @@ Planar and radial flows have no analytic inverse: q scores only the samples it h
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable
+
 import pyro.distributions as dist
 import pyro.distributions.transforms as T
 import torch
 from pyro.distributions.conditional import ConditionalTransform
-from pyro.nn import ConditionalAutoRegressiveNN
+from pyro.nn import AutoRegressiveNN, ConditionalAutoRegressiveNN
 from torch import nn
 
+from ..errors import PyroVAEError
 from .base import AmortizedGuide, DiagonalGaussian
+
+
+@dataclass(frozen=True)
+class FlowFamily:
+    """``steps(latent_dim, flows, hidden, context_dim, **options)`` -> list of K (conditional)
+    transform modules; ``reverse_between``: reverse the latent order between steps, so coupling and
+    autoregressive steps transform every dimension; ``invertible``: log q at any point, not only
+    at the flow's own samples."""
+
+    steps: Callable[..., list]
+    reverse_between: bool
+    invertible: bool
+
+
+def _planar_steps(latent_dim, flows, hidden, context_dim=None):
+    if context_dim is None:
+        return [T.planar(latent_dim) for _ in range(flows)]
+    return [T.conditional_planar(latent_dim, context_dim, list(hidden)) for _ in range(flows)]
+
+
+def _radial_steps(latent_dim, flows, hidden, context_dim=None):
+    if context_dim is None:
+        return [T.radial(latent_dim) for _ in range(flows)]
+    return [T.conditional_radial(latent_dim, context_dim, list(hidden)) for _ in range(flows)]
+
+
+def _coupling_steps(latent_dim, flows, hidden, context_dim=None):
+    if context_dim is None:
+        return [T.affine_coupling(latent_dim, list(hidden)) for _ in range(flows)]
+    return [T.conditional_affine_coupling(latent_dim, context_dim, list(hidden)) for _ in range(flows)]
+
+
+def _iaf_steps(latent_dim, flows, hidden, context_dim=None, stable: bool = False):
+    if context_dim is None:
+        return [T.affine_autoregressive(latent_dim, list(hidden), stable=stable) for _ in range(flows)]
+    return [T.conditional_affine_autoregressive(latent_dim, context_dim, list(hidden), stable=stable)
+            for _ in range(flows)]
+
+
+def _householder_steps(latent_dim, flows, hidden, context_dim=None):
+    # one step holding all K reflections, as Pyro's helpers build it
+    if context_dim is None:
+        return [T.householder(latent_dim, count_transforms=flows)]
+    return [T.conditional_householder(latent_dim, context_dim, list(hidden), count_transforms=flows)]
+
+
+def _spline_steps(latent_dim, flows, hidden, context_dim=None, bins: int = 8, bound: float = 5.0):
+    # Not Pyro's (conditional_)spline_autoregressive helpers: they size the hypernetwork for linear
+    # splines (with their lambdas) whatever ``order`` is, so a quadratic spline failed on its first
+    # call (pyro-ppl/pyro#3130). Rational-quadratic splines take widths, heights and inner derivatives.
+    param_dims = [bins, bins, bins - 1]
+    steps = []
+    for _ in range(flows):
+        if context_dim is None:
+            hypernet = AutoRegressiveNN(latent_dim, list(hidden), param_dims=param_dims)
+            steps.append(T.SplineAutoregressive(latent_dim, hypernet, count_bins=bins, bound=bound, order="quadratic"))
+        else:
+            hypernet = ConditionalAutoRegressiveNN(latent_dim, context_dim, list(hidden), param_dims=param_dims)
+            steps.append(T.ConditionalSplineAutoregressive(latent_dim, hypernet, count_bins=bins, bound=bound,
+                                                           order="quadratic"))
+    return steps
+
+
+FAMILIES: dict[str, FlowFamily] = {
+    "planar": FlowFamily(_planar_steps, reverse_between=False, invertible=False),
+    "radial": FlowFamily(_radial_steps, reverse_between=False, invertible=False),
+    "coupling": FlowFamily(_coupling_steps, reverse_between=True, invertible=True),
+    "iaf": FlowFamily(_iaf_steps, reverse_between=True, invertible=True),
+    "householder": FlowFamily(_householder_steps, reverse_between=False, invertible=True),
+    "spline": FlowFamily(_spline_steps, reverse_between=True, invertible=True),
+}
+
+
+def family(name: str) -> FlowFamily:
+    if name not in FAMILIES:
+        raise PyroVAEError(f"unknown flow {name!r}; choose from {', '.join(FAMILIES)}")
+    return FAMILIES[name]
+
+
+def flow_steps(name: str, latent_dim: int, flows: int, hidden=(320, 320), context_dim: int | None = None,
+               **options) -> list:
+    """K steps of the family ``name``: conditional on a context of size ``context_dim`` when it is
+    given, unconditional otherwise. ``options`` are the family's own (``stable``, ``bins``, ...)."""
+    return family(name).steps(latent_dim, flows, hidden, context_dim, **options)
+
+
+def chain(steps, reverse: torch.Tensor, reverse_between: bool, context: torch.Tensor | None = None) -> list:
+    """The transforms of ``steps`` in order, conditioned on ``context`` where they are conditional,
+    with the permutation ``reverse`` between consecutive steps when ``reverse_between``."""
+    transforms = []
+    for i, step in enumerate(steps):
+        if i > 0 and reverse_between:
+            transforms.append(T.Permute(reverse))
+        transforms.append(step.condition(context) if isinstance(step, ConditionalTransform) else step)
+    return transforms
+
+
+class UnconditionalFlow(nn.Module):
+    """K unconditional steps of one family on R^latent_dim, with the guides' permutations.
+
+    ``transforms()`` is the list of Pyro transforms to put after a base distribution; the module
+    holds their parameters. ``invertible`` is False for planar and radial flows, whose density is
+    known only at their own cached samples.
+    """
+
+    def __init__(self, name: str, latent_dim: int = 2, flows: int = 4, hidden=(64, 64), **options):
+        super().__init__()
+        spec = family(name)
+        self.name, self.latent_dim, self.reverse_between, self.invertible = (
+            name, latent_dim, spec.reverse_between, spec.invertible)
+        self.steps = nn.ModuleList(flow_steps(name, latent_dim, flows, hidden, **options))
+        # a buffer, so the permutation follows the module to its device
+        self.register_buffer("reverse", torch.arange(latent_dim - 1, -1, -1))
+
+    def transforms(self) -> list:
+        return chain(self.steps, self.reverse, self.reverse_between)
+
+
+def unconditional_flow(name: str, latent_dim: int = 2, flows: int = 4, hidden=(64, 64), **options) -> UnconditionalFlow:
+    """The unconditional version of the guide family ``name`` (K = ``flows`` steps)."""
+    return UnconditionalFlow(name, latent_dim, flows, hidden, **options)
 
 
 class FlowGuide(DiagonalGaussian):
@@ -34,12 +163,7 @@ class FlowGuide(DiagonalGaussian):
         h = self.encoder(x)
         loc, scale = self.loc_scale_of_features(h)
         base = dist.Normal(loc, scale).to_event(1)
-        transforms = []
-        for i, step in enumerate(self.steps):
-            if i > 0 and self.reverse_between:
-                transforms.append(T.Permute(self.reverse))
-            transforms.append(step.condition(h) if isinstance(step, ConditionalTransform) else step)
-        return base, transforms
+        return base, chain(self.steps, self.reverse, self.reverse_between, h)
 
     def dist(self, x):
         base, transforms = self.base_and_transforms(x)
@@ -52,24 +176,26 @@ class FlowGuide(DiagonalGaussian):
     moments = AmortizedGuide.moments  # the base's closed form does not hold after the flow
 
 
+def _guide(name, encoder, features, latent_dim, flows, flow_hidden, **options) -> FlowGuide:
+    steps = flow_steps(name, latent_dim, flows, flow_hidden, context_dim=features, **options)
+    return FlowGuide(encoder, features, latent_dim, steps, reverse_between=FAMILIES[name].reverse_between)
+
+
 def planar(encoder, features, latent_dim, flows: int = 4, flow_hidden=(320, 320)):
     """References: Rezende & Mohamed 2015, "Variational Inference with Normalizing Flows",
     arXiv:1505.05770."""
-    steps = [T.conditional_planar(latent_dim, features, list(flow_hidden)) for _ in range(flows)]
-    return FlowGuide(encoder, features, latent_dim, steps, reverse_between=False)
+    return _guide("planar", encoder, features, latent_dim, flows, flow_hidden)
 
 
 def radial(encoder, features, latent_dim, flows: int = 4, flow_hidden=(320, 320)):
     """References: Rezende & Mohamed 2015, arXiv:1505.05770."""
-    steps = [T.conditional_radial(latent_dim, features, list(flow_hidden)) for _ in range(flows)]
-    return FlowGuide(encoder, features, latent_dim, steps, reverse_between=False)
+    return _guide("radial", encoder, features, latent_dim, flows, flow_hidden)
 
 
 def coupling(encoder, features, latent_dim, flows: int = 4, flow_hidden=(320, 320)):
     """References: Dinh, Sohl-Dickstein & Bengio 2017, "Density estimation using Real NVP",
     arXiv:1605.08803."""
-    steps = [T.conditional_affine_coupling(latent_dim, features, list(flow_hidden)) for _ in range(flows)]
-    return FlowGuide(encoder, features, latent_dim, steps, reverse_between=True)
+    return _guide("coupling", encoder, features, latent_dim, flows, flow_hidden)
 
 
 def iaf(encoder, features, latent_dim, flows: int = 4, flow_hidden=(320, 320), stable: bool = False):
@@ -77,9 +203,7 @@ def iaf(encoder, features, latent_dim, flows: int = 4, flow_hidden=(320, 320), s
 
     References: Kingma et al. 2016, "Improved Variational Inference with Inverse Autoregressive
     Flow", arXiv:1606.04934."""
-    steps = [T.conditional_affine_autoregressive(latent_dim, features, list(flow_hidden), stable=stable)
-             for _ in range(flows)]
-    return FlowGuide(encoder, features, latent_dim, steps, reverse_between=True)
+    return _guide("iaf", encoder, features, latent_dim, flows, flow_hidden, stable=stable)
 
 
 def householder(encoder, features, latent_dim, flows: int = 4, flow_hidden=(320, 320)):
@@ -87,18 +211,9 @@ def householder(encoder, features, latent_dim, flows: int = 4, flow_hidden=(320,
 
     References: Tomczak & Welling 2016, "Improving Variational Auto-Encoders using Householder
     Flow", arXiv:1611.09630."""
-    steps = [T.conditional_householder(latent_dim, features, list(flow_hidden), count_transforms=flows)]
-    return FlowGuide(encoder, features, latent_dim, steps, reverse_between=False)
+    return _guide("householder", encoder, features, latent_dim, flows, flow_hidden)
 
 
 def spline(encoder, features, latent_dim, flows: int = 4, flow_hidden=(320, 320), bins: int = 8, bound: float = 5.0):
     """References: Durkan et al. 2019, "Neural Spline Flows", arXiv:1906.04032."""
-    # Not T.conditional_spline_autoregressive: it sizes the hypernetwork for linear splines (with
-    # their lambdas) whatever ``order`` is, so a quadratic spline failed on its first call
-    # (pyro-ppl/pyro#3130). Rational-quadratic splines take widths, heights and inner derivatives.
-    steps = []
-    for _ in range(flows):
-        hypernet = ConditionalAutoRegressiveNN(latent_dim, features, list(flow_hidden), param_dims=[bins, bins, bins - 1])
-        steps.append(T.ConditionalSplineAutoregressive(latent_dim, hypernet, count_bins=bins, bound=bound,
-                                                       order="quadratic"))
-    return FlowGuide(encoder, features, latent_dim, steps, reverse_between=True)
+    return _guide("spline", encoder, features, latent_dim, flows, flow_hidden, bins=bins, bound=bound)

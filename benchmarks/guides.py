@@ -1,0 +1,150 @@
+"""Training-step cost of every registered guide, against the ``diag`` guide and plain PyTorch.
+
+Each guide trains with the ``elbo`` objective on the network and data of throughput.py (MLP
+784-500-500-32, batch 128, Bernoulli pixels, random binary MNIST-shaped noise); the plain-PyTorch
+diagonal VAE of throughput.py is the baseline. All contenders run interleaved in one process, so
+load on the machine hits them alike; ratios are taken within a repeat, then the median over repeats.
+Flow families get K = ``--flows`` steps and their default hypernetwork width (flow_hidden).
+
+    python benchmarks/guides.py [--device cpu|cuda] [--repeats N] [--steps N] [--warmup N]
+                                [--flows K] [--only planar,iaf] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+from pathlib import Path
+
+import pyro
+import torch
+
+from pyro_vae import guides, objectives, run
+from pyro_vae.config import RunConfig
+from pyro_vae.errors import PyroVAEError
+from pyro_vae.io import write_text_atomic
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # throughput.py beside this file, however run
+import throughput as tp  # noqa: E402
+
+OBJECTIVE = "elbo"
+# From the project's issue: before the suite, a Trace_ELBO step with 4 IAF or planar steps ran at
+# about 2.7x a plain-PyTorch diagonal step; the target is 2.0x for K = 4.
+TARGET_RATIO, BEFORE_RATIO, TARGET_GUIDES = 2.0, 2.7, ("planar", "iaf")
+
+
+def options_for(name: str, flows: int) -> dict:
+    return {"flows": flows} if "flows" in guides.GUIDES[name].options() else {}
+
+
+def pair_for(name: str, flows: int, device):
+    config = RunConfig(arch="mlp", hidden=tp.HIDDEN, latent_dim=tp.LATENT, activation="relu",
+                       likelihood="bernoulli", guide=name, guide_options=options_for(name, flows))
+    return run.build(config, tp.OBS_SHAPE).to(device)
+
+
+def count(module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def benchmark(device, names, flows: int, repeats: int, steps: int, warmup: int, seed: int):
+    pyro.set_rng_seed(seed)
+    batches = tp.random_batches(seed, device)
+    beta = torch.ones((), device=device)
+    contenders, params = [], {}
+    for name in names:
+        pair = pair_for(name, flows, device)
+        params[name] = count(pair.guide)
+        if name == "diag":  # the baseline starts from the diag pair's parameters, as in throughput.py
+            plain = tp.baseline_from(pair)
+            params["baseline"] = count(plain.encoder) + count(plain.head)
+            contenders.append(tp.Contender("baseline", plain, plain))
+        loss = objectives.loss_fn(OBJECTIVE, pair.model, pair.guide, 1)
+        contenders.append(tp.Contender(name, pair, loss, batches[0], beta))
+    wall, busy = tp.time_interleaved(contenders, batches, beta, device, repeats, steps, warmup)
+    results = {}
+    for name in wall:
+        to_diag = [t / d for t, d in zip(wall[name], wall["diag"])]
+        to_plain = [t / b for t, b in zip(wall[name], wall["baseline"])]
+        results[name] = {"median_steps_per_s": statistics.median(steps / t for t in wall[name]),
+                         "median_ratio_to_diag": statistics.median(to_diag),
+                         "median_ratio_to_baseline": statistics.median(to_plain),
+                         "guide_parameters": params[name],
+                         "guide_options": None if name == "baseline" else options_for(name, flows),
+                         "seconds_per_repeat": wall[name], "ratios_to_baseline_per_repeat": to_plain}
+    return results, busy
+
+
+def markdown(report: dict) -> str:
+    s, results = report["settings"], report["results"]
+    lines = [f"# Training-step cost per guide ({report['device']}, {report['date']})", "",
+             f"Objective `{s['objective']}`, batch {s['batch']}, MLP {s['network']}, K = {s['flows']} for flow families "
+             f"(hypernetworks at their default width), {s['repeats']} repeats of {s['steps']} steps per contender "
+             f"(interleaved in turns of {tp.CHUNK} steps) after {s['warmup']} warm-up steps; one step = zero_grad, "
+             "loss / batch, backward, Adam. Baseline: the plain-PyTorch diagonal VAE of throughput.py. Ratios are "
+             "time per step over that of `diag` or the baseline within a repeat, median over repeats. Parameters: "
+             "the guide's, encoder trunk included.", "",
+             "| guide | median steps/s | ratio to diag | ratio to baseline | baseline ratio range | guide parameters |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for name, r in results.items():
+        low, high = min(r["ratios_to_baseline_per_repeat"]), max(r["ratios_to_baseline_per_repeat"])
+        lines.append(f"| {name} | {r['median_steps_per_s']:.1f} | {r['median_ratio_to_diag']:.2f} "
+                     f"| {r['median_ratio_to_baseline']:.2f} | {low:.2f} - {high:.2f} "
+                     f"| {r['guide_parameters']:,} |")
+    lines += ["", f"Target from the project's issue: a step with K = 4 planar or IAF flows at most "
+              f"{TARGET_RATIO:.1f}x the baseline step (about {BEFORE_RATIO}x before the suite)."]
+    for name in TARGET_GUIDES:
+        if name in results:
+            ratio = results[name]["median_ratio_to_baseline"]
+            verdict = "meets" if ratio <= TARGET_RATIO else "misses"
+            lines.append(f"- {name}: {ratio:.2f}x, {verdict} the target"
+                         + ("" if s["flows"] == 4 else f" (measured with K = {s['flows']}, not 4)"))
+    lines += tp.caution_lines(report) + tp.facts_lines(report)
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=40, help="timed steps per contender per repeat")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed steps per contender first")
+    parser.add_argument("--flows", type=int, default=4, help="K, the number of flow steps")
+    parser.add_argument("--only", help="comma-separated guides (diag and the baseline always run)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="benchmarks/results")
+    args = parser.parse_args(argv)
+    if args.repeats < 1 or args.steps < 1 or args.warmup < 0 or args.flows < 1:
+        parser.error("--repeats, --steps and --flows must be positive, --warmup non-negative")
+    chosen = list(guides.GUIDES) if args.only is None else [n.strip() for n in args.only.split(",") if n.strip()]
+    try:
+        device = run.resolve_device(args.device)
+        for name in chosen:
+            guides.check_name(name)
+    except PyroVAEError as err:
+        parser.error(str(err))
+    names = ["diag"] + [n for n in dict.fromkeys(chosen) if n != "diag"]
+
+    load_before = os.getloadavg()[0]
+    results, busy = benchmark(device, names, args.flows, args.repeats, args.steps, args.warmup, args.seed)
+    report = {
+        **tp.facts(device, load_before, busy),
+        "settings": {"objective": OBJECTIVE, "batch": tp.BATCH, "network": "784-500-500-32", "flows": args.flows,
+                     "likelihood": "bernoulli", "optimizer": f"Adam(lr={tp.LR})", "particles": 1,
+                     "repeats": args.repeats, "steps": args.steps, "warmup": args.warmup, "seed": args.seed,
+                     "data": "bernoulli(uniform) noise, 10 batches"},
+        "target_ratio_to_baseline": TARGET_RATIO, "target_guides": list(TARGET_GUIDES), "results": results,
+    }
+    out = Path(args.out)
+    write_text_atomic(out / f"guides-{device.type}-{report['date']}.json", json.dumps(report, indent=2) + "\n")
+    text = markdown(report)
+    write_text_atomic(out / f"guides-{device.type}.md", text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
