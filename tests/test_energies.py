@@ -7,9 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
-# fits flows to the test energies; the coupling density check does not yet hold
-pytestmark = pytest.mark.slow
 import torch
 from torch.autograd.functional import jacobian
 
