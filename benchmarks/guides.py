@@ -4,7 +4,8 @@ Each guide trains with the ``elbo`` objective on the network and data of through
 784-500-500-32, batch 128, Bernoulli pixels, random binary MNIST-shaped noise); the plain-PyTorch
 diagonal VAE of throughput.py is the baseline. All contenders run interleaved in one process, so
 load on the machine hits them alike; ratios are taken within a repeat, then the median over repeats.
-Flow families get K = ``--flows`` steps and their default hypernetwork width (flow_hidden).
+Flow families get K = ``--flows`` steps and their default hypernetwork width (``flow_hidden``,
+(320, 320) for all of them today); the JSON records every guide's options in full.
 
     python benchmarks/guides.py [--device cpu|cuda] [--repeats N] [--steps N] [--warmup N]
                                 [--flows K] [--only planar,iaf] [--out DIR]
@@ -73,20 +74,23 @@ def benchmark(device, names, flows: int, repeats: int, steps: int, warmup: int, 
                          "median_ratio_to_diag": statistics.median(to_diag),
                          "median_ratio_to_baseline": statistics.median(to_plain),
                          "guide_parameters": params[name],
-                         "guide_options": None if name == "baseline" else options_for(name, flows),
+                         "guide_options": None if name == "baseline"
+                         else {**guides.GUIDES[name].options(), **options_for(name, flows)},
                          "seconds_per_repeat": wall[name], "ratios_to_baseline_per_repeat": to_plain}
     return results, busy
 
 
 def markdown(report: dict) -> str:
     s, results = report["settings"], report["results"]
+    widths = sorted({str(list(r["guide_options"]["flow_hidden"])) for r in results.values()
+                     if "flow_hidden" in (r["guide_options"] or {})})
     lines = [f"# Training-step cost per guide ({report['device']}, {report['date']})", "",
-             f"Objective `{s['objective']}`, batch {s['batch']}, MLP {s['network']}, K = {s['flows']} for flow families "
-             f"(hypernetworks at their default width), {s['repeats']} repeats of {s['steps']} steps per contender "
-             f"(interleaved in turns of {tp.CHUNK} steps) after {s['warmup']} warm-up steps; one step = zero_grad, "
-             "loss / batch, backward, Adam. Baseline: the plain-PyTorch diagonal VAE of throughput.py. Ratios are "
-             "time per step over that of `diag` or the baseline within a repeat, median over repeats. Parameters: "
-             "the guide's, encoder trunk included.", "",
+             f"Objective `{s['objective']}`, batch {s['batch']}, MLP {s['network']}, K = {s['flows']} for flow "
+             f"families (hypernetworks: hidden layers {' or '.join(widths) or '-'}), {s['repeats']} repeats of "
+             f"{s['steps']} steps per contender (interleaved in turns of {tp.CHUNK} steps) after {s['warmup']} "
+             "warm-up steps; one step = zero_grad, loss / batch, backward, Adam. Baseline: the plain-PyTorch "
+             "diagonal VAE of throughput.py. Ratios are time per step over that of `diag` or the baseline within a "
+             "repeat, median over repeats. Parameters: the guide's, encoder trunk included.", "",
              "| guide | median steps/s | ratio to diag | ratio to baseline | baseline ratio range | guide parameters |",
              "|---|---:|---:|---:|---:|---:|"]
     for name, r in results.items():
@@ -110,7 +114,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=40, help="timed steps per contender per repeat")
+    parser.add_argument("--steps", type=int, default=60, help="timed steps per contender per repeat")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps per contender first")
     parser.add_argument("--flows", type=int, default=4, help="K, the number of flow steps")
     parser.add_argument("--only", help="comma-separated guides (diag and the baseline always run)")
