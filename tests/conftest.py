@@ -20,6 +20,16 @@ def device(request):
     return torch.device(name)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _one_thread():
+    """The tests' networks are tiny: a thread pool costs more than it saves, and on a busy 2-core
+    machine spinning intra-op threads make each step an order of magnitude slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def _pyro_state():
     pyro.clear_param_store()

@@ -35,15 +35,12 @@ SIGMA = 0.5
 
 
 @pytest.fixture(autouse=True)
-def float64_one_thread():
+def float64():
     """Closed forms are compared to 1e-6, so float64; import into a test module to apply it."""
-    dtype, threads = torch.get_default_dtype(), torch.get_num_threads()
+    dtype = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
-    # the tensors are tiny: waking a pool of threads would cost more than the arithmetic
-    torch.set_num_threads(1)
     yield
     torch.set_default_dtype(dtype)
-    torch.set_num_threads(threads)
 
 
 class FixedScaleNormal(nn.Module):

@@ -23,16 +23,6 @@ TINY = ["--dataset", "digits", "--latent-dim", "2", "--hidden", "32", "--batch-s
         "--quiet"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # These networks are tiny: a thread pool costs more than it saves, and on a busy 2-core
-    # machine spinning intra-op threads make each step an order of magnitude slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory, _one_thread):
     out = tmp_path_factory.mktemp("cli") / "run"

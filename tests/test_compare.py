@@ -13,14 +13,6 @@ from pyro_vae.compare import grid_posterior
 TINY = ["--dataset", "digits", "--hidden", "32", "--batch-size", "64", "--device", "cpu", "--quiet"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_quadrature_matches_the_closed_form_log_px():
     torch.set_default_dtype(torch.float64)
     try:

@@ -14,7 +14,7 @@ import torch
 from scipy import stats
 from torch import nn
 
-from linear_gaussian import float64_one_thread  # noqa: F401  (autouse fixture)
+from linear_gaussian import float64  # noqa: F401  (autouse fixture)
 from linear_gaussian import TOL_SE, AffineGaussianGuide, FixedScaleNormal, LinearGaussian
 from pyro_vae import diagnose as diagnose_mod
 from pyro_vae import diagnostics, guides, objectives
@@ -30,15 +30,6 @@ with warnings.catch_warnings():
     import arviz as az
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # tiny networks and NUTS on a few latents: a thread pool costs more than it saves on 2 cores
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def exact_posterior(truth: LinearGaussian, x: torch.Tensor):
@@ -409,7 +400,7 @@ def _kl_gap_tolerance(report, samples: int) -> dict:
 
 class TestCommandLine:
     @pytest.fixture(autouse=True)
-    def float64_one_thread(self):
+    def float64(self):
         # runs and data are float32: the command runs under torch's default dtype, not the
         # module's float64
         yield

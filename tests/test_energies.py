@@ -23,18 +23,9 @@ ANCHORS_LOG_Z = {"U1": 1.8775016, "U2": 2.0820893, "U3": 2.6417051, "U4": 2.6845
 INVERTIBLE = [name for name, spec in FAMILIES.items() if spec.invertible]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors; the machine is shared
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def reduced(tmp_path_factory):
     out = tmp_path_factory.mktemp("energies")
-    torch.set_num_threads(1)
     report = energies.run_grid(targets=("U1", "U3"), flows=("planar", "coupling"), ks=(2,), steps=100, batch=128,
                                samples=4000, seed=0, jobs=1, out=out, log=lambda *_: None)
     return report, out

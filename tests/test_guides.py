@@ -115,15 +115,6 @@ PRIOR_NAMES = list(PRIORS)
 FLOW_PRIORS = [name for name in PRIOR_NAMES if isinstance(make_prior(name)(), TransformedDistribution)]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # These networks are tiny: a thread pool costs more than it saves on a busy machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_registry_partition():
     assert NO_INVERSE <= set(FLOW_GUIDES)
     assert INVERTIBLE_GUIDES and "realnvp" in FLOW_PRIORS

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from linear_gaussian import LinearGaussian, float64_one_thread  # noqa: F401  (autouse fixture)
+from linear_gaussian import LinearGaussian, float64  # noqa: F401  (autouse fixture)
 from pyro_vae import guides, objectives
 from pyro_vae.evaluate import per_datapoint
 

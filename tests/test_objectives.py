@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from linear_gaussian import TOL_SE, LinearGaussian
-from linear_gaussian import float64_one_thread  # noqa: F401 (an autouse fixture)
+from linear_gaussian import float64  # noqa: F401 (an autouse fixture)
 from pyro_vae.evaluate import per_datapoint
 from pyro_vae.guides import DiagonalGaussian
 from pyro_vae.nets import mlp

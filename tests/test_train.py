@@ -22,16 +22,6 @@ BATCH = 64
 STEPS_PER_EPOCH = DIGITS_TRAIN // BATCH
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # These networks are tiny: a thread pool costs more than it saves, and on a busy 2-core
-    # machine spinning intra-op threads make each step an order of magnitude slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def tiny(tmp_path, device):
     def make(name: str, **changes) -> RunConfig:
