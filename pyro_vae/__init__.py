@@ -4,7 +4,7 @@ from .config import RunConfig
 from .data import DATASETS, Data, load as load_data
 from .errors import PyroVAEError, TrainingDiverged
 from .guides import GUIDES, build as build_guide
-from .models import LIKELIHOODS, PRIORS, VAE
+from .models import LIKELIHOODS, MODELS, PRIORS, VAE, ConditionalVAE
 from .objectives import OBJECTIVES, loss_fn
 from .run import build, load_run
 from .train import fit
@@ -12,6 +12,6 @@ from .train import fit
 __version__ = "0.1.0"
 
 __all__ = [
-    "DATASETS", "GUIDES", "LIKELIHOODS", "OBJECTIVES", "PRIORS", "VAE", "Data", "PyroVAEError", "RunConfig",
+    "DATASETS", "GUIDES", "LIKELIHOODS", "MODELS", "OBJECTIVES", "PRIORS", "VAE", "ConditionalVAE", "Data", "PyroVAEError", "RunConfig",
     "TrainingDiverged", "build", "build_guide", "fit", "load_data", "load_run", "loss_fn",
 ]

@@ -16,6 +16,7 @@ from .config import BINARIZE_CHOICES, DEVICE_CHOICES, RunConfig
 from .data import DATASETS
 from .errors import PyroVAEError
 from .io import write_text_atomic
+from .models import MODELS
 
 
 class _Parser(argparse.ArgumentParser):
@@ -38,6 +39,7 @@ TRAIN_FLAGS = [
     ("--download", "download", dict(action="store_const", const=True, help="let torchvision download MNIST if absent")),
     ("--binarize", "binarize", dict(choices=BINARIZE_CHOICES)),
     ("--likelihood", "likelihood", dict(help="bernoulli or gaussian (default: the dataset's)")),
+    ("--model", "model", dict(help=f"{' or '.join(MODELS)}: a VAE, or one conditioned on the class label")),
     ("--arch", "arch", dict(help="mlp or conv")),
     ("--hidden", "hidden", dict(type=_int_list, help="hidden sizes, e.g. 500,500")),
     ("--activation", "activation", dict()),
@@ -93,6 +95,7 @@ def _parser() -> argparse.ArgumentParser:
     sample.add_argument("run_dir")
     sample.add_argument("-n", type=int, default=64)
     sample.add_argument("--out", required=True, help="PNG file to write")
+    sample.add_argument("--label", type=int, help="class of every image, for a model trained with --model cvae")
     sample.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
     sample.add_argument("--seed", type=int, default=0)
 
@@ -165,7 +168,8 @@ def format_eval(result: dict) -> str:
         ("ELBO", f"{result['elbo']:.3f} ± {result['elbo_se']:.3f} nats/datapoint"),
         ("  reconstruction", f"{result['recon']:.3f}"),
         ("  KL", f"{result['kl']:.3f}"),
-        (f"NLL (K={result['iw_samples']})", f"{result['nll']:.3f} ± {result['nll_se']:.3f} nats/datapoint"),
+        (f"NLL (K={result['iw_samples']})", f"{result['nll']:.3f} ± {result['nll_se']:.3f} nats/datapoint"
+                                            + (" (-log p(x|y), given the label)" if result.get("model") == "cvae" else "")),
         ("active units", f"{result['active_units']} / {result['latent_dim']}"),
     ]
     return "\n".join(f"{k:<18} {v}" for k, v in rows)
@@ -188,7 +192,7 @@ def cmd_evaluate(args) -> int:
     result = evaluate(checkpoint.pair.model, checkpoint.pair.guide, data.x[args.split].to(device),
                       iw_samples=args.iw_samples, batch_size=args.batch_size)
     result = {"run": str(args.run_dir), "split": args.split, "dataset": checkpoint.config.dataset,
-              "guide": checkpoint.config.guide, "epoch": checkpoint.train_state.epoch, **result}
+              "model": checkpoint.config.model, "guide": checkpoint.config.guide, "epoch": checkpoint.train_state.epoch, **result}
     name = "eval.json" if args.split == "test" else f"eval-{args.split}.json"
     write_text_atomic(Path(args.run_dir) / name, json.dumps(result, indent=2) + "\n")
     print(json.dumps(result) if args.json else format_eval(result))
@@ -197,6 +201,7 @@ def cmd_evaluate(args) -> int:
 
 def cmd_sample(args) -> int:
     import pyro
+    import torch
 
     from .plots import image_grid, is_image
     from .run import load_run, resolve_device
@@ -207,8 +212,15 @@ def cmd_sample(args) -> int:
     checkpoint = load_run(args.run_dir, resolve_device(args.device))
     if not is_image(checkpoint.obs_shape):
         raise PyroVAEError(f"the run's data are vectors of shape {checkpoint.obs_shape}, not images")
+    model = checkpoint.pair.model
+    if args.label is not None and not model.classes:
+        raise PyroVAEError("--label needs a run trained with --model cvae; this run's model is not conditional")
     pyro.set_rng_seed(args.seed)
-    image_grid(checkpoint.pair.model.sample(args.n), checkpoint.obs_shape, Path(args.out))
+    if model.classes:  # one class per column, or every image of the chosen class
+        labels = None if args.label is None else torch.full((args.n,), args.label)
+        image_grid(model.sample(args.n, labels), checkpoint.obs_shape, Path(args.out), nrow=model.classes)
+    else:
+        image_grid(model.sample(args.n), checkpoint.obs_shape, Path(args.out))
     print(f"wrote {args.out}")
     return 0
 

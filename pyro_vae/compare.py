@@ -17,6 +17,7 @@ import pyro
 import torch
 
 from . import guides as guides_mod
+from . import models
 from .config import RunConfig
 from .errors import PyroVAEError
 from .evaluate import evaluate
@@ -43,11 +44,8 @@ def grid_posterior(model, x: torch.Tensor, n: int = 120, bounds=(-GRID_BOX, GRID
     axes = torch.stack([torch.linspace(x0, x1, n, device=x.device), torch.linspace(y0, y1, n, device=x.device)])
     zs = torch.stack(torch.meshgrid(axes[0], axes[1], indexing="xy"), -1).reshape(-1, 2)
     log_cell = math.log((x1 - x0) / (n - 1)) + math.log((y1 - y0) / (n - 1))
-    log_prior = model.prior().log_prob(zs)
-    out = model.decoder(zs)[:, None, :]
     chunk = max(1, max_elements // (zs.shape[0] * x.shape[-1]))
-    log_joint = torch.cat([(log_prior[:, None] + model.likelihood(out).log_prob(x[i:i + chunk])).T
-                           for i in range(0, x.shape[0], chunk)])
+    log_joint = torch.cat([model.log_joint(x[i:i + chunk], zs[:, None, :]).T for i in range(0, x.shape[0], chunk)])
     log_px = torch.logsumexp(log_joint, -1) + log_cell
     return axes, (log_joint - log_px[:, None]).reshape(-1, n, n), log_px
 
@@ -86,6 +84,8 @@ def compare(names: list[str], base: RunConfig, out: str | Path, runs: list[str] 
     ``interpolations.png`` into ``out``; return the table as a dict."""
     for name in names:
         guides_mod.check_name(name)
+    if models.model_spec(base.model).conditional:
+        raise PyroVAEError("compare draws posteriors and interpolations of unconditional models; use --model vae")
     if len(set(names)) != len(names):
         raise PyroVAEError("each guide may appear once in --guides")
     out = Path(out)
@@ -96,6 +96,8 @@ def compare(names: list[str], base: RunConfig, out: str | Path, runs: list[str] 
     loaded = {name: load_run(d, device) for name, d in dirs.items()}
     first = next(iter(loaded.values()))
     for name, run in loaded.items():
+        if run.pair.model.classes:
+            raise PyroVAEError(f"run {dirs[name]} is conditional (--model cvae); compare takes unconditional runs")
         if (run.config.dataset, run.obs_shape, run.config.latent_dim) != (first.config.dataset, first.obs_shape,
                                                                            first.config.latent_dim):
             raise PyroVAEError(f"run {dirs[name]} has another dataset or latent size than {dirs[names[0]]}")

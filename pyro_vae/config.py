@@ -20,7 +20,8 @@ class RunConfig:
     """Everything needed to rebuild a run's data, model, guide and optimizer.
 
     ``likelihood`` and ``binarize`` left as ``None`` take the dataset's defaults (see
-    ``pyro_vae.data.DATASETS``); the resolved values are stored once training starts.
+    ``pyro_vae.data.DATASETS``), and ``classes`` (of a conditional model) the number of label
+    classes in the data; the resolved values are stored once training starts.
     """
 
     dataset: str = "digits"
@@ -28,6 +29,8 @@ class RunConfig:
     download: bool = False
     binarize: str | None = None
     likelihood: str | None = None
+    model: str = "vae"
+    classes: int | None = None
     arch: str = "mlp"
     hidden: list[int] = field(default_factory=lambda: [256, 256])
     activation: str = "relu"
@@ -63,6 +66,9 @@ class RunConfig:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
                 raise PyroVAEError(f"--{name.replace('_', '-')} must be a positive finite number, got {value!r}")
+        if self.classes is not None and (not isinstance(self.classes, int) or isinstance(self.classes, bool)
+                                         or self.classes < 2):
+            raise PyroVAEError(f"classes must be an integer of at least 2, got {self.classes!r}")
         if self.binarize is not None and self.binarize not in BINARIZE_CHOICES:
             raise PyroVAEError(f"unknown --binarize {self.binarize!r}; choose from {', '.join(BINARIZE_CHOICES)}")
         if self.device not in DEVICE_CHOICES:

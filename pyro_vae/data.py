@@ -52,10 +52,26 @@ class Data:
     obs_shape: tuple
     likelihood: str
     binarize: str
+    label_columns: int = 0
 
     @property
     def obs_dim(self) -> int:
+        """Pixels per observation (a labelled row has ``label_columns`` more columns)."""
         return int(np.prod(self.obs_shape))
+
+    def with_labels(self, classes: int | None = None) -> "Data":
+        """Rows [pixels | one-hot label] for a model conditioned on the label, with ``classes``
+        columns (default: the largest label + 1). One-hot columns stay 0/1 under dynamic
+        binarization, so batches need no special case."""
+        if any(self.y[s] is None for s in SPLITS):
+            raise PyroVAEError(f"a conditional model needs labelled data, and {self.name} has no labels")
+        found = max(int(self.y[s].max()) for s in SPLITS) + 1
+        classes = classes or found
+        if min(int(self.y[s].min()) for s in SPLITS) < 0 or found > classes:
+            raise PyroVAEError(f"labels of {self.name} must be integers in [0, {classes}), found up to {found - 1}")
+        x = {s: torch.cat([self.x[s], torch.nn.functional.one_hot(self.y[s], classes).to(self.x[s].dtype)], 1)
+             for s in SPLITS}
+        return replace(self, x=x, label_columns=classes)
 
     def to(self, device) -> "Data":
         move = lambda d: {k: (v.to(device) if v is not None else None) for k, v in d.items()}  # noqa: E731
@@ -104,11 +120,11 @@ def _load_mnist(data_dir: Path, download: bool) -> Raw:
     from torchvision.datasets import MNIST
 
     raw = data_dir / "MNIST" / "raw"
-    gz_present = all((raw / f"{name}.gz").is_file() for name in _MNIST_FILES)
+    gz_present = all((raw / f"{name}.gz").is_file() for name in MNIST_FILES)
     try:
         # torchvision reads the uncompressed files; with verified .gz files beside them its
         # "download" only extracts them (no network), so that path is allowed without --download.
-        fetch = download or (gz_present and not all((raw / name).is_file() for name in _MNIST_FILES))
+        fetch = download or (gz_present and not all((raw / name).is_file() for name in MNIST_FILES))
         train = MNIST(str(data_dir), train=True, download=fetch)
         test = MNIST(str(data_dir), train=False, download=False)
     except PermissionError:
@@ -129,7 +145,7 @@ def _load_mnist(data_dir: Path, download: bool) -> Raw:
     return Raw(xs, ys, (1, 28, 28))
 
 
-_MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
 
 def _require_file(path: Path, name: str, download: bool) -> Path:

@@ -48,7 +48,7 @@ def nuts_reference(model, x: torch.Tensor, chains: int, warmup: int, draws: int,
     """
     def potential(params):
         z = params["z"]
-        return -(model.prior().log_prob(z).sum() + model.likelihood(model.decoder(z)).log_prob(x).sum())
+        return -model.log_joint(x, z).sum()
 
     frozen = [p for p in model.parameters() if p.requires_grad]
     for p in frozen:  # gradients are wanted with respect to z only

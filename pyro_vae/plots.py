@@ -81,15 +81,17 @@ def training_figures(run_dir: Path, pair, data, history: list) -> list[Path]:
     written = [elbo_curve(history, run_dir / "elbo_curve.png")] if history else []
     if not is_image(data.obs_shape):
         return written
-    x = data.x["test"][:32]
-    recon = pair.model.decode_mean(pair.guide.dist(x).sample())
-    pairs = torch.stack([x, recon], 1).reshape(-1, x.shape[-1])
+    model, x = pair.model, data.x["test"][:32]
+    pairs = torch.stack([model.images(x), model.reconstruct(pair.guide, x)], 1).reshape(-1, data.obs_dim)
     written.append(image_grid(pairs, data.obs_shape, run_dir / "reconstructions.png",
                               title="data | reconstruction (alternating)"))
-    written.append(image_grid(pair.model.sample(64), data.obs_shape, run_dir / "samples.png", title="prior samples"))
-    if pair.model.latent_dim == 2:
+    # a conditional model draws the classes in turn: one class per column
+    written.append(image_grid(model.sample(8 * (model.classes or 8)), data.obs_shape, run_dir / "samples.png",
+                              nrow=model.classes or 8, title="prior samples"))
+    if model.latent_dim == 2:
         written.append(latent_scatter(pair.guide, data.x["test"], data.y["test"], run_dir / "latent_scatter.png"))
-        written.append(manifold(pair.model, data.obs_shape, run_dir / "manifold.png"))
+        if not model.classes:  # a decoded latent grid needs one label per image to mean anything
+            written.append(manifold(model, data.obs_shape, run_dir / "manifold.png"))
     return written
 
 

@@ -41,6 +41,7 @@ def check_names(config: RunConfig) -> None:
     data_mod.check_name(config.dataset)
     guides.check_options(config.guide, config.guide_options)
     objectives.check_name(config.objective)
+    models.model_spec(config.model)
     for table, kind, name in ((models.PRIORS, "prior", config.prior), (nets.ARCHITECTURES, "architecture", config.arch),
                               (nets.ACTIVATIONS, "activation", config.activation)):
         if name not in table:
@@ -60,9 +61,8 @@ class Pair(nn.Module):
 def build(config: RunConfig, obs_shape: tuple) -> Pair:
     """Model and guide for ``config`` (likelihood resolved) and data of shape ``obs_shape``."""
     likelihood = models.likelihood(config.likelihood, config)
-    encoder, features, decoder = nets.build(config.arch, obs_shape, config.latent_dim, config.hidden,
-                                            config.activation, likelihood.outputs_per_pixel)
-    model = models.VAE(decoder, likelihood, models.prior(config.prior, config), config.latent_dim)
+    model, encoder, features = models.model_spec(config.model).cls.build(
+        config, obs_shape, likelihood, models.prior(config.prior, config))
     guide = guides.build(config.guide, encoder, features, config.latent_dim, **config.guide_options)
     return Pair(model, guide)
 
@@ -159,6 +159,8 @@ def load_run(run_dir: str | Path, device: torch.device | str = "cpu", which: str
 
 
 def load_data(config: RunConfig, data_dir: str | None = None) -> data_mod.Data:
-    """The data of a run, with the likelihood and binarization it was trained with."""
-    return data_mod.load(config.dataset, data_dir if data_dir is not None else config.data_dir, config.download,
+    """The data of a run, with the likelihood and binarization it was trained with; for a
+    conditional model, rows [pixels | one-hot label] (see :meth:`Data.with_labels`)."""
+    data = data_mod.load(config.dataset, data_dir if data_dir is not None else config.data_dir, config.download,
                          config.likelihood, config.binarize)
+    return data.with_labels(config.classes) if models.model_spec(config.model).conditional else data

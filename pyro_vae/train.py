@@ -92,6 +92,7 @@ def fit(config: RunConfig, resume: bool = False, progress: bool | None = None, e
     device = resolve_device(config.device)
     data = load_data(config)
     config.likelihood, config.binarize = data.likelihood, data.binarize
+    config.classes = data.label_columns or None
     data = data.to(device)
 
     pyro.set_rng_seed(config.seed)

@@ -10,9 +10,6 @@ from pathlib import Path
 
 import pytest
 
-# runs every tutorial end to end: minutes on 2 cores
-pytestmark = pytest.mark.slow
-
 ROOT = Path(__file__).resolve().parents[1]
 TUTORIALS = sorted((ROOT / "tutorials").glob("[0-9][0-9]_*.py"))
 CELL = re.compile(r"^# %%(?P<markdown> \[markdown\])?(?:\s.*)?$")
@@ -65,3 +62,15 @@ def test_quick_run(path, tmp_path):
         assert out.resolve() in figure.resolve().parents, f"{path.name} wrote {figure} outside --out"
         with open(figure, "rb") as f:
             assert f.read(8) == PNG_MAGIC, f"{figure} is not a PNG"
+    listed = readme_figure(path)
+    assert listed in {Path(f).name for f in figures}, f"the README shows {listed} for {path.name}, which it did not write"
+
+
+def readme_figure(path: Path) -> str:
+    """The figure the README's tutorial table names for ``path``."""
+    for line in (ROOT / "README.md").read_text().splitlines():
+        if line.startswith("|") and f"tutorials/{path.name}" in line:
+            match = re.search(r"`([\w.-]+\.png)`", line)
+            assert match, f"the README's row for {path.name} names no figure"
+            return match.group(1)
+    raise AssertionError(f"the README's tutorial table has no row for {path.name}")

@@ -25,14 +25,10 @@
 # `../shared/data` beside the repository).
 
 # %%
-import argparse
 import dataclasses
 import inspect
 import json
-import os
-import shutil
 import time
-from pathlib import Path
 
 import pyro
 import torch
@@ -41,81 +37,15 @@ from pyro import poutine
 import pyro_vae
 from pyro_vae import RunConfig, plots
 from pyro_vae.evaluate import evaluate
+from pyro_vae.tutorial import Lesson
 
 import matplotlib.pyplot as plt  # noqa: E402  (after pyro_vae.plots, which selects a file backend)
 from matplotlib.patches import Ellipse  # noqa: E402
 
-parser = argparse.ArgumentParser(description="Tutorial 01: a VAE in Pyro")
-parser.add_argument("--quick", action="store_true", help="small data and short training (under 2 minutes on a CPU)")
-parser.add_argument("--out", default="runs/tutorials/01", help="folder for runs and figures")
-args, _ = parser.parse_known_args()  # known args only: Jupyter passes its own
-
-OUT = Path(args.out)
-OUT.mkdir(parents=True, exist_ok=True)
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-if args.quick:
-    torch.set_num_threads(1)  # the quick networks are too small to gain from intra-op threads
-started = time.perf_counter()
-pyro.set_rng_seed(0)
-
-FIGURES = []
-
-
-def figure(path):
-    """Record a written figure, print its path and show it when running in a notebook."""
-    FIGURES.append(str(path))
-    print("figure:", path)
-    try:
-        from IPython import get_ipython
-        from IPython.display import Image, display
-        if get_ipython() is not None:
-            display(Image(str(path)))
-    except ImportError:
-        pass
-
-
-def data_dir() -> Path:
-    if os.environ.get("PYRO_VAE_DATA"):
-        return Path(os.environ["PYRO_VAE_DATA"])
-    here = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()
-    root = here.parent if here.name == "tutorials" else here
-    return root.parent / "shared" / "data"
-
-
-def mnist_or_digits(quick: bool) -> tuple[str, Path]:
-    """MNIST for the full run when its files are present, else the bundled digits.
-
-    torchvision extracts MNIST's .gz files beside themselves on first use; the .gz files are
-    copied into the output folder first, so the shared data folder is never written to."""
-    root = data_dir()
-    raw = root / "MNIST" / "raw"
-    names = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
-    if quick:
-        print("dataset: digits (--quick)")
-        return "digits", root
-    if all((raw / n).is_file() for n in names):
-        print(f"dataset: mnist from {root}")
-        return "mnist", root
-    if all((raw / f"{n}.gz").is_file() for n in names):
-        mirror = OUT / "data"
-        (mirror / "MNIST" / "raw").mkdir(parents=True, exist_ok=True)
-        for n in names:
-            if not (mirror / "MNIST" / "raw" / f"{n}.gz").is_file():
-                shutil.copy(raw / f"{n}.gz", mirror / "MNIST" / "raw" / f"{n}.gz")
-        print(f"dataset: mnist, from {raw} (copied to {mirror} to be extracted there)")
-        return "mnist", mirror
-    print(f"dataset: digits — MNIST was not found under {raw}, so the full run falls back to the 8x8 digits")
-    return "digits", root
-
-
-def fresh(run_dir: Path) -> str:
-    """`fit` refuses to overwrite a run: a rerun of the tutorial starts its runs afresh."""
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
-    return str(run_dir)
-
-
-DATASET, DATA_DIR = mnist_or_digits(args.quick)
+lesson = Lesson("01", "a VAE in Pyro")
+OUT = lesson.out
+DEVICE = lesson.device
+DATASET, DATA_DIR = lesson.dataset()
 
 # %% [markdown]
 # ## The data
@@ -200,12 +130,12 @@ print(f"ELBO of the untrained VAE, one sample, nats per image: by hand {elbo_by_
 # which is what this tutorial is after.
 
 # %%
-EPOCHS = 40 if args.quick else 100
-bernoulli_config = RunConfig(dataset=DATASET, data_dir=str(DATA_DIR), latent_dim=2, hidden=[256, 256] if args.quick
-                             else [512, 512], epochs=EPOCHS, patience=10 if args.quick else 20, seed=0, device=DEVICE,
-                             out=fresh(OUT / "runs" / "bernoulli"))
+EPOCHS = 40 if lesson.quick else 100
+bernoulli_config = RunConfig(dataset=DATASET, data_dir=str(DATA_DIR), latent_dim=2, hidden=[256, 256] if lesson.quick
+                             else [512, 512], epochs=EPOCHS, patience=10 if lesson.quick else 20, seed=0, device=DEVICE,
+                             out=lesson.fresh("bernoulli"))
 t0 = time.perf_counter()
-run_dir = pyro_vae.fit(bernoulli_config, progress=False if args.quick else None)
+run_dir = pyro_vae.fit(bernoulli_config, progress=False if lesson.quick else None)
 print(f"trained {run_dir} in {time.perf_counter() - t0:.0f} s")
 run = pyro_vae.load_run(run_dir, DEVICE)  # the best epoch's checkpoint
 history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -283,7 +213,7 @@ for name in table["trained"]:
 
 # %%
 test = data.x["test"].to(DEVICE)
-n_eval, k_eval = (len(test), 500) if args.quick else (min(2000, len(test)), 1000)
+n_eval, k_eval = (len(test), 500) if lesson.quick else (min(2000, len(test)), 1000)
 pyro.set_rng_seed(0)
 result = evaluate(run.pair.model, run.pair.guide, test[:n_eval], iw_samples=k_eval)
 print(f"test images     {result['n']}")
@@ -304,11 +234,11 @@ print(f"active units    {result['active_units']} / {result['latent_dim']}")
 # %%
 model, guide = run.pair.model.eval(), run.pair.guide.eval()
 pyro.set_rng_seed(0)
-figure(plots.image_grid(model.sample(64), data.obs_shape, OUT / "samples.png", title="samples from p(z) p(x|z)"))
+lesson.figure(plots.image_grid(model.sample(64), data.obs_shape, OUT / "samples.png", title="samples from p(z) p(x|z)"))
 with torch.no_grad():
     xs = test[:32]
     recon = model.decode_mean(guide.dist(xs).sample())
-figure(plots.image_grid(torch.stack([xs, recon], 1).reshape(-1, xs.shape[-1]), data.obs_shape,
+lesson.figure(plots.image_grid(torch.stack([xs, recon], 1).reshape(-1, xs.shape[-1]), data.obs_shape,
                         OUT / "reconstructions.png", title="test image | reconstruction"))
 
 # %% [markdown]
@@ -334,7 +264,7 @@ ax.set(xlim=(-lim, lim), ylim=(-lim, lim), xlabel="z1", ylabel="z2", aspect="equ
        title="q(z|x) of 100 test digits: mean (label) and 1-sd ellipse")
 fig.savefig(OUT / "latent_scatter.png", dpi=110, bbox_inches="tight")
 plt.close(fig)
-figure(OUT / "latent_scatter.png")
+lesson.figure(OUT / "latent_scatter.png")
 
 # %% [markdown]
 # **The decoded latent grid** (Kingma & Welling 2014, figure 4): z runs over a 15 x 15 grid of
@@ -343,7 +273,7 @@ figure(OUT / "latent_scatter.png")
 # map from the plane onto a 2-D manifold of images.
 
 # %%
-figure(plots.manifold(model, data.obs_shape, OUT / "manifold.png", n=15))
+lesson.figure(plots.manifold(model, data.obs_shape, OUT / "manifold.png", n=15))
 
 # %% [markdown]
 # ## Bernoulli or Gaussian pixels?
@@ -363,8 +293,8 @@ figure(plots.manifold(model, data.obs_shape, OUT / "manifold.png", n=15))
 
 # %%
 gaussian_config = dataclasses.replace(bernoulli_config, likelihood="gaussian", binarize="none",
-                                     out=fresh(OUT / "runs" / "gaussian"))
-gaussian_dir = pyro_vae.fit(gaussian_config, progress=False if args.quick else None)
+                                     out=lesson.fresh("gaussian"))
+gaussian_dir = pyro_vae.fit(gaussian_config, progress=False if lesson.quick else None)
 gaussian = pyro_vae.load_run(gaussian_dir, DEVICE)
 grey = pyro_vae.load_data(DATASET, DATA_DIR, likelihood="gaussian", binarize="none")
 grey_test = grey.x["test"].to(DEVICE)
@@ -393,7 +323,7 @@ with torch.no_grad():
     rows = torch.cat([grey_test[:16],
                       model.decode_mean(guide.dist(test[:16]).sample()),
                       gaussian.pair.model.decode_mean(gaussian.pair.guide.dist(grey_test[:16]).sample())])
-figure(plots.image_grid(rows, data.obs_shape, OUT / "likelihoods.png", nrow=16,
+lesson.figure(plots.image_grid(rows, data.obs_shape, OUT / "likelihoods.png", nrow=16,
                         title="data | Bernoulli | Gaussian reconstructions"))
 
 # %% [markdown]
@@ -404,5 +334,4 @@ figure(plots.image_grid(rows, data.obs_shape, OUT / "likelihoods.png", nrow=16,
 # * Tutorial 06 looks at the cloud of all q(z|x) together: the aggregate posterior.
 
 # %%
-(OUT / "figures.json").write_text(json.dumps(FIGURES, indent=2) + "\n")
-print(f"wrote {OUT / 'figures.json'} ({len(FIGURES)} figures) in {time.perf_counter() - started:.0f} s")
+lesson.finish()

@@ -25,13 +25,9 @@
 # (`$PYRO_VAE_DATA`, else `../shared/data` beside the repository).
 
 # %%
-import argparse
 import dataclasses
 import json
-import os
-import shutil
 import time
-from pathlib import Path
 
 import pyro
 import torch
@@ -40,71 +36,12 @@ import pyro_vae
 from pyro_vae import GUIDES, RunConfig, plots
 from pyro_vae.compare import grid_posterior
 from pyro_vae.evaluate import evaluate
+from pyro_vae.tutorial import Lesson
 
-parser = argparse.ArgumentParser(description="Tutorial 02: swapping guides")
-parser.add_argument("--quick", action="store_true", help="small data and short training (under 2 minutes on a CPU)")
-parser.add_argument("--out", default="runs/tutorials/02", help="folder for runs and figures")
-args, _ = parser.parse_known_args()  # known args only: Jupyter passes its own
-
-OUT = Path(args.out)
-OUT.mkdir(parents=True, exist_ok=True)
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-if args.quick:
-    torch.set_num_threads(1)  # the quick networks are too small to gain from intra-op threads
-started = time.perf_counter()
-pyro.set_rng_seed(0)
-
-FIGURES = []
-
-
-def figure(path):
-    """Record a written figure, print its path and show it when running in a notebook."""
-    FIGURES.append(str(path))
-    print("figure:", path)
-    try:
-        from IPython import get_ipython
-        from IPython.display import Image, display
-        if get_ipython() is not None:
-            display(Image(str(path)))
-    except ImportError:
-        pass
-
-
-def data_dir() -> Path:
-    if os.environ.get("PYRO_VAE_DATA"):
-        return Path(os.environ["PYRO_VAE_DATA"])
-    here = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()
-    root = here.parent if here.name == "tutorials" else here
-    return root.parent / "shared" / "data"
-
-
-def mnist_or_digits(quick: bool) -> tuple[str, Path]:
-    """MNIST for the full run when its files are present, else the bundled digits.
-
-    torchvision extracts MNIST's .gz files beside themselves on first use; the .gz files are
-    copied into the output folder first, so the shared data folder is never written to."""
-    root = data_dir()
-    raw = root / "MNIST" / "raw"
-    names = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
-    if quick:
-        print("dataset: digits (--quick)")
-        return "digits", root
-    if all((raw / n).is_file() for n in names):
-        print(f"dataset: mnist from {root}")
-        return "mnist", root
-    if all((raw / f"{n}.gz").is_file() for n in names):
-        mirror = OUT / "data"
-        (mirror / "MNIST" / "raw").mkdir(parents=True, exist_ok=True)
-        for n in names:
-            if not (mirror / "MNIST" / "raw" / f"{n}.gz").is_file():
-                shutil.copy(raw / f"{n}.gz", mirror / "MNIST" / "raw" / f"{n}.gz")
-        print(f"dataset: mnist, from {raw} (copied to {mirror} to be extracted there)")
-        return "mnist", mirror
-    print(f"dataset: digits — MNIST was not found under {raw}, so the full run falls back to the 8x8 digits")
-    return "digits", root
-
-
-DATASET, DATA_DIR = mnist_or_digits(args.quick)
+lesson = Lesson("02", "swapping guides")
+OUT = lesson.out
+DEVICE = lesson.device
+DATASET, DATA_DIR = lesson.dataset()
 
 # %% [markdown]
 # ## One word changes
@@ -121,9 +58,9 @@ for name in NAMES:
     print(f"{name:9s} {spec.about}  [{spec.reference}]  options: {spec.options()}")
 
 base = RunConfig(dataset=DATASET, data_dir=str(DATA_DIR), latent_dim=2,
-                 hidden=[256, 256] if args.quick else [512, 512],
-                 guide_options={"flows": 4, "flow_hidden": [64, 64] if args.quick else [256, 256]},
-                 epochs=10 if args.quick else 50, batch_size=64 if args.quick else 128, lr=2e-3 if args.quick else 1e-3,
+                 hidden=[256, 256] if lesson.quick else [512, 512],
+                 guide_options={"flows": 4, "flow_hidden": [64, 64] if lesson.quick else [256, 256]},
+                 epochs=10 if lesson.quick else 50, batch_size=64 if lesson.quick else 128, lr=2e-3 if lesson.quick else 1e-3,
                  seed=0, device=DEVICE)
 for name in ("full", "iaf"):
     config = dataclasses.replace(base, guide=name)
@@ -159,7 +96,7 @@ def train(config):
             (value / x.shape[0]).backward()
             optimizer.step()
             total -= value.item()
-        if not args.quick and epoch % 10 == 0:
+        if not lesson.quick and epoch % 10 == 0:
             print(f"  {config.guide}: epoch {epoch}, training ELBO {total / data.x['train'].shape[0]:.2f}")
     return pair.eval()
 
@@ -170,7 +107,7 @@ for name in NAMES:
     t0 = time.perf_counter()
     pairs[name] = train(dataclasses.replace(base, guide=name, guide_options=options))
     print(f"{name:9s} trained in {time.perf_counter() - t0:5.1f} s")
-if args.quick:
+if lesson.quick:
     print("(--quick: a few epochs each; the models are far from converged and their differences are mostly noise)")
 
 # %% [markdown]
@@ -194,8 +131,8 @@ if args.quick:
 # per image and guide adds up); on a GPU the full run takes the whole test split.
 
 # %%
-x_test = data.x["test"][:64 if args.quick else None if DEVICE == "cuda" else 1000]
-K = 500 if args.quick else 1000
+x_test = data.x["test"][:64 if lesson.quick else None if DEVICE == "cuda" else 1000]
+K = 500 if lesson.quick else 1000
 rows = []
 for name, pair in pairs.items():
     pyro.set_rng_seed(0)
@@ -235,7 +172,7 @@ for r in rows:
 # tilts; the flows can also bend.
 
 # %%
-figure(plots.posterior_panels(pairs, x_test[:4], OUT / "posteriors.png"))
+lesson.figure(plots.posterior_panels(pairs, x_test[:4], OUT / "posteriors.png"))
 
 # %% [markdown]
 # ## Interpolations
@@ -248,7 +185,7 @@ figure(plots.posterior_panels(pairs, x_test[:4], OUT / "posteriors.png"))
 # %%
 labels = data.y["test"]
 other = int(torch.nonzero(labels != labels[0])[0, 0])
-figure(plots.interpolations(pairs, x_test[0:1], x_test[other:other + 1], data.obs_shape,
+lesson.figure(plots.interpolations(pairs, x_test[0:1], x_test[other:other + 1], data.obs_shape,
                             OUT / "interpolations.png"))
 
 # %% [markdown]
@@ -263,5 +200,4 @@ figure(plots.interpolations(pairs, x_test[0:1], x_test[other:other + 1], data.ob
 #   Rezende & Mohamed.
 
 # %%
-(OUT / "figures.json").write_text(json.dumps(FIGURES, indent=2) + "\n")
-print(f"wrote {OUT / 'figures.json'} ({len(FIGURES)} figures) in {time.perf_counter() - started:.0f} s")
+lesson.finish()

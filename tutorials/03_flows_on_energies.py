@@ -29,11 +29,9 @@
 # each — 48 fits, about half an hour on one CPU core (2-D flows are too small to gain from a GPU).
 
 # %%
-import argparse
 import json
 import math
 import time
-from pathlib import Path
 
 import pyro
 import pyro.distributions as dist
@@ -43,36 +41,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from pyro_vae.guides import unconditional_flow
+from pyro_vae.tutorial import Lesson
 
 import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")  # figures are files; the notebook helper below displays them
 import matplotlib.pyplot as plt  # noqa: E402
 
-parser = argparse.ArgumentParser(description="Tutorial 03: flows on the 2-D test energies")
-parser.add_argument("--quick", action="store_true", help="few steps, K = 2 and 8 (under 2 minutes on a CPU)")
-parser.add_argument("--out", default="runs/tutorials/03", help="folder for figures")
-args, _ = parser.parse_known_args()  # known args only: Jupyter passes its own
-
-OUT = Path(args.out)
-OUT.mkdir(parents=True, exist_ok=True)
+lesson = Lesson("03", "flows on the 2-D test energies", quick_help="few steps, K = 2 and 8 (under 2 minutes on a CPU)")
+OUT = lesson.out
 torch.set_num_threads(1)  # 2-D flows are many tiny tensor operations: threads only add overhead
-started = time.perf_counter()
-
-FIGURES = []
-
-
-def figure(path):
-    """Record a written figure, print its path and show it when running in a notebook."""
-    FIGURES.append(str(path))
-    print("figure:", path)
-    try:
-        from IPython import get_ipython
-        from IPython.display import Image, display
-        if get_ipython() is not None:
-            display(Image(str(path)))
-    except ImportError:
-        pass
 
 
 # %% [markdown]
@@ -203,8 +181,8 @@ def kl(model: BoxFlow, energy, log_z: float, samples: int):
 
 # %%
 FAMILIES = ["planar", "radial", "coupling", "iaf"]
-KS = [2, 8] if args.quick else [2, 8, 32]
-STEPS, BATCH, SAMPLES, LR = (60, 64, 4000, 1e-2) if args.quick else (2000, 256, 20000, 5e-3)
+KS = [2, 8] if lesson.quick else [2, 8, 32]
+STEPS, BATCH, SAMPLES, LR = (60, 64, 4000, 1e-2) if lesson.quick else (2000, 256, 20000, 5e-3)
 results, fitted = {}, {}
 for target, energy in ENERGIES.items():
     for family in FAMILIES:
@@ -246,7 +224,7 @@ axes[0].set_ylabel("KL(q || p), nats")
 axes[0].legend(fontsize=8)
 fig.savefig(OUT / "kl_vs_k.png", dpi=110, bbox_inches="tight")
 plt.close(fig)
-figure(OUT / "kl_vs_k.png")
+lesson.figure(OUT / "kl_vs_k.png")
 
 # %% [markdown]
 # ## What the densities look like
@@ -281,7 +259,7 @@ figure(OUT / "kl_vs_k.png")
 
 # %%
 @torch.no_grad()
-def histogram(model: BoxFlow, n: int = 100, samples: int = 50_000 if args.quick else 200_000):
+def histogram(model: BoxFlow, n: int = 100, samples: int = 50_000 if lesson.quick else 200_000):
     z = model.dist().sample((samples,))
     cells = ((z + BOX) / (2 * BOX) * n).long().clamp(0, n - 1)
     counts = torch.bincount(cells[:, 1] * n + cells[:, 0], minlength=n * n).reshape(n, n).double()
@@ -306,7 +284,7 @@ for i, (target, energy) in enumerate(ENERGIES.items()):
 fig.tight_layout()
 fig.savefig(OUT / "energies.png", dpi=110)
 plt.close(fig)
-figure(OUT / "energies.png")
+lesson.figure(OUT / "energies.png")
 
 # %% [markdown]
 # ## What to take away
@@ -320,5 +298,4 @@ figure(OUT / "energies.png")
 #   is normalizable; a picture alone can hide a mode left out.
 
 # %%
-(OUT / "figures.json").write_text(json.dumps(FIGURES, indent=2) + "\n")
-print(f"wrote {OUT / 'figures.json'} ({len(FIGURES)} figures) in {time.perf_counter() - started:.0f} s")
+lesson.finish()

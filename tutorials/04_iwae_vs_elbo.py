@@ -27,97 +27,26 @@
 # (the k = 50 model costs about 50 times more per step than the VAE).
 
 # %%
-import argparse
 import dataclasses
 import json
-import os
-import shutil
 import time
-from pathlib import Path
 
 import pyro
-import torch
 
 import pyro_vae
 from pyro_vae import OBJECTIVES, RunConfig
 from pyro_vae.evaluate import ACTIVE_UNIT_THRESHOLD, active_units, evaluate, per_datapoint
+from pyro_vae.tutorial import Lesson
 
 import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")  # figures are files; the notebook helper below displays them
 import matplotlib.pyplot as plt  # noqa: E402
 
-parser = argparse.ArgumentParser(description="Tutorial 04: IWAE vs ELBO")
-parser.add_argument("--quick", action="store_true", help="small data and short training (under 2 minutes on a CPU)")
-parser.add_argument("--out", default="runs/tutorials/04", help="folder for runs and figures")
-args, _ = parser.parse_known_args()  # known args only: Jupyter passes its own
-
-OUT = Path(args.out)
-OUT.mkdir(parents=True, exist_ok=True)
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-if args.quick:
-    torch.set_num_threads(1)  # the quick networks are too small to gain from intra-op threads
-started = time.perf_counter()
-pyro.set_rng_seed(0)
-
-FIGURES = []
-
-
-def figure(path):
-    """Record a written figure, print its path and show it when running in a notebook."""
-    FIGURES.append(str(path))
-    print("figure:", path)
-    try:
-        from IPython import get_ipython
-        from IPython.display import Image, display
-        if get_ipython() is not None:
-            display(Image(str(path)))
-    except ImportError:
-        pass
-
-
-def data_dir() -> Path:
-    if os.environ.get("PYRO_VAE_DATA"):
-        return Path(os.environ["PYRO_VAE_DATA"])
-    here = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()
-    root = here.parent if here.name == "tutorials" else here
-    return root.parent / "shared" / "data"
-
-
-def mnist_or_digits(quick: bool) -> tuple[str, Path]:
-    """MNIST for the full run when its files are present, else the bundled digits.
-
-    torchvision extracts MNIST's .gz files beside themselves on first use; the .gz files are
-    copied into the output folder first, so the shared data folder is never written to."""
-    root = data_dir()
-    raw = root / "MNIST" / "raw"
-    names = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
-    if quick:
-        print("dataset: digits (--quick)")
-        return "digits", root
-    if all((raw / n).is_file() for n in names):
-        print(f"dataset: mnist from {root}")
-        return "mnist", root
-    if all((raw / f"{n}.gz").is_file() for n in names):
-        mirror = OUT / "data"
-        (mirror / "MNIST" / "raw").mkdir(parents=True, exist_ok=True)
-        for n in names:
-            if not (mirror / "MNIST" / "raw" / f"{n}.gz").is_file():
-                shutil.copy(raw / f"{n}.gz", mirror / "MNIST" / "raw" / f"{n}.gz")
-        print(f"dataset: mnist, from {raw} (copied to {mirror} to be extracted there)")
-        return "mnist", mirror
-    print(f"dataset: digits — MNIST was not found under {raw}, so the full run falls back to the 8x8 digits")
-    return "digits", root
-
-
-def fresh(run_dir: Path) -> str:
-    """`fit` refuses to overwrite a run: a rerun of the tutorial starts its runs afresh."""
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
-    return str(run_dir)
-
-
-DATASET, DATA_DIR = mnist_or_digits(args.quick)
+lesson = Lesson("04", "IWAE vs ELBO")
+OUT = lesson.out
+DEVICE = lesson.device
+DATASET, DATA_DIR = lesson.dataset()
 
 # %% [markdown]
 # ## Two objectives, one word each
@@ -131,11 +60,11 @@ DATASET, DATA_DIR = mnist_or_digits(args.quick)
 for name in ("elbo", "iwae"):
     print(f"{name:5s} {OBJECTIVES[name].about}")
 
-KS = [1, 10] if args.quick else [1, 5, 50]
-base = RunConfig(dataset=DATASET, data_dir=str(DATA_DIR), latent_dim=16 if args.quick else 50,
-                 hidden=[128, 128] if args.quick else [200, 200], activation="tanh",
-                 epochs=30, batch_size=64 if args.quick else 128,
-                 lr=2e-3 if args.quick else 1e-3, patience=30, seed=0, device=DEVICE)
+KS = [1, 10] if lesson.quick else [1, 5, 50]
+base = RunConfig(dataset=DATASET, data_dir=str(DATA_DIR), latent_dim=16 if lesson.quick else 50,
+                 hidden=[128, 128] if lesson.quick else [200, 200], activation="tanh",
+                 epochs=30, batch_size=64 if lesson.quick else 128,
+                 lr=2e-3 if lesson.quick else 1e-3, patience=30, seed=0, device=DEVICE)
 
 # %% [markdown]
 # ## Training
@@ -149,9 +78,9 @@ runs = {}
 for k in KS:
     label = "VAE (ELBO)" if k == 1 else f"IWAE k={k}"
     config = dataclasses.replace(base, objective="elbo" if k == 1 else "iwae", particles=k,
-                                 out=fresh(OUT / "runs" / ("vae" if k == 1 else f"iwae{k}")))
+                                 out=lesson.fresh("vae" if k == 1 else f"iwae{k}"))
     t0 = time.perf_counter()
-    runs[label] = pyro_vae.load_run(pyro_vae.fit(config, progress=False if args.quick else None), DEVICE)
+    runs[label] = pyro_vae.load_run(pyro_vae.fit(config, progress=False if lesson.quick else None), DEVICE)
     print(f"{label:11s} trained in {time.perf_counter() - t0:.0f} s")
 
 # %% [markdown]
@@ -170,8 +99,8 @@ for k in KS:
 # %%
 data = pyro_vae.load_data(DATASET, DATA_DIR).to(DEVICE)
 test = data.x["test"]
-n_sweep = len(test) if args.quick else min(1000, len(test))
-K_MAX = 1000 if args.quick else 5000
+n_sweep = len(test) if lesson.quick else min(1000, len(test))
+K_MAX = 1000 if lesson.quick else 5000
 sweep = [1, 2, 5, 10, 20, 50, 100, 200, 500]
 vae = runs["VAE (ELBO)"].pair.eval()
 bounds = {}
@@ -195,7 +124,7 @@ ax2.legend()
 ax2.grid(alpha=0.3, which="both")
 fig.savefig(OUT / "bound_vs_k.png", dpi=110, bbox_inches="tight")
 plt.close(fig)
-figure(OUT / "bound_vs_k.png")
+lesson.figure(OUT / "bound_vs_k.png")
 
 # %% [markdown]
 # ## IWAE against VAE
@@ -216,8 +145,8 @@ figure(OUT / "bound_vs_k.png")
 #   (Burda et al. 2016, section 5).
 
 # %%
-n_eval = len(test) if args.quick or DEVICE == "cuda" else min(2000, len(test))
-K_EVAL = 1000 if args.quick else 5000
+n_eval = len(test) if lesson.quick or DEVICE == "cuda" else min(2000, len(test))
+K_EVAL = 1000 if lesson.quick else 5000
 rows = {}
 for label, run in runs.items():
     pyro.set_rng_seed(0)
@@ -228,7 +157,7 @@ for label, r in rows.items():
     print(f"{label:11s} {r['elbo']:8.2f} ± {r['elbo_se']:.2f} {r['nll']:9.2f} ± {r['nll_se']:.2f} "
           f"{r['kl']:6.2f} {r['active_units']:>8d} / {r['latent_dim']}")
 (OUT / "table.json").write_text(json.dumps(rows, indent=2) + "\n")
-if args.quick:
+if lesson.quick:
     print("(--quick: small data and a short budget; the full run trains the paper's architecture on MNIST)")
 
 # %% [markdown]
@@ -250,7 +179,7 @@ ax.legend()
 ax.grid(alpha=0.3)
 fig.savefig(OUT / "active_units.png", dpi=110, bbox_inches="tight")
 plt.close(fig)
-figure(OUT / "active_units.png")
+lesson.figure(OUT / "active_units.png")
 
 # %% [markdown]
 # ## The guide of an IWAE is a worse ELBO guide
@@ -275,5 +204,4 @@ for label, r in rows.items():
 # * Tutorial 05 asks how well a guide fits, image by image, with importance-sampling diagnostics.
 
 # %%
-(OUT / "figures.json").write_text(json.dumps(FIGURES, indent=2) + "\n")
-print(f"wrote {OUT / 'figures.json'} ({len(FIGURES)} figures) in {time.perf_counter() - started:.0f} s")
+lesson.finish()

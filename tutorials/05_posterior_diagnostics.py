@@ -26,14 +26,10 @@
 # repository), 8 images and the default NUTS settings.
 
 # %%
-import argparse
 import dataclasses
-import json
-import os
 import shutil
 import time
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pyro
@@ -43,83 +39,17 @@ import pyro_vae
 from pyro_vae import RunConfig, diagnostics
 from pyro_vae.diagnose import KHAT_BAD, KHAT_GOOD, diagnose
 from pyro_vae.evaluate import log_weight_terms
+from pyro_vae.tutorial import Lesson
 
 import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")  # figures are files; the notebook helper below displays them
 import matplotlib.pyplot as plt  # noqa: E402
 
-parser = argparse.ArgumentParser(description="Tutorial 05: posterior diagnostics")
-parser.add_argument("--quick", action="store_true", help="small data and short training (under 2 minutes on a CPU)")
-parser.add_argument("--out", default="runs/tutorials/05", help="folder for runs and figures")
-args, _ = parser.parse_known_args()  # known args only: Jupyter passes its own
-
-OUT = Path(args.out)
-OUT.mkdir(parents=True, exist_ok=True)
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-if args.quick:
-    torch.set_num_threads(1)  # the quick networks are too small to gain from intra-op threads
-started = time.perf_counter()
-pyro.set_rng_seed(0)
-
-FIGURES = []
-
-
-def figure(path):
-    """Record a written figure, print its path and show it when running in a notebook."""
-    FIGURES.append(str(path))
-    print("figure:", path)
-    try:
-        from IPython import get_ipython
-        from IPython.display import Image, display
-        if get_ipython() is not None:
-            display(Image(str(path)))
-    except ImportError:
-        pass
-
-
-def data_dir() -> Path:
-    if os.environ.get("PYRO_VAE_DATA"):
-        return Path(os.environ["PYRO_VAE_DATA"])
-    here = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()
-    root = here.parent if here.name == "tutorials" else here
-    return root.parent / "shared" / "data"
-
-
-def mnist_or_digits(quick: bool) -> tuple[str, Path]:
-    """MNIST for the full run when its files are present, else the bundled digits.
-
-    torchvision extracts MNIST's .gz files beside themselves on first use; the .gz files are
-    copied into the output folder first, so the shared data folder is never written to."""
-    root = data_dir()
-    raw = root / "MNIST" / "raw"
-    names = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
-    if quick:
-        print("dataset: digits (--quick)")
-        return "digits", root
-    if all((raw / n).is_file() for n in names):
-        print(f"dataset: mnist from {root}")
-        return "mnist", root
-    if all((raw / f"{n}.gz").is_file() for n in names):
-        mirror = OUT / "data"
-        (mirror / "MNIST" / "raw").mkdir(parents=True, exist_ok=True)
-        for n in names:
-            if not (mirror / "MNIST" / "raw" / f"{n}.gz").is_file():
-                shutil.copy(raw / f"{n}.gz", mirror / "MNIST" / "raw" / f"{n}.gz")
-        print(f"dataset: mnist, from {raw} (copied to {mirror} to be extracted there)")
-        return "mnist", mirror
-    print(f"dataset: digits — MNIST was not found under {raw}, so the full run falls back to the 8x8 digits")
-    return "digits", root
-
-
-def fresh(run_dir: Path) -> str:
-    """`fit` refuses to overwrite a run: a rerun of the tutorial starts its runs afresh."""
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
-    return str(run_dir)
-
-
-DATASET, DATA_DIR = mnist_or_digits(args.quick)
+lesson = Lesson("05", "posterior diagnostics")
+OUT = lesson.out
+DEVICE = lesson.device
+DATASET, DATA_DIR = lesson.dataset()
 
 # %% [markdown]
 # ## Two runs
@@ -129,15 +59,15 @@ DATASET, DATA_DIR = mnist_or_digits(args.quick)
 # other run's guide should fail.
 
 # %%
-base = RunConfig(dataset=DATASET, data_dir=str(DATA_DIR), latent_dim=4 if args.quick else 8,
-                 hidden=[128, 128] if args.quick else [512, 512], epochs=30 if args.quick else 50,
-                 batch_size=64 if args.quick else 128, lr=2e-3 if args.quick else 1e-3, patience=10,
+base = RunConfig(dataset=DATASET, data_dir=str(DATA_DIR), latent_dim=4 if lesson.quick else 8,
+                 hidden=[128, 128] if lesson.quick else [512, 512], epochs=30 if lesson.quick else 50,
+                 batch_size=64 if lesson.quick else 128, lr=2e-3 if lesson.quick else 1e-3, patience=10,
                  device=DEVICE)
 run_dirs = []
 for name, seed in (("diag", 0), ("other-seed", 1)):
     t0 = time.perf_counter()
-    config = dataclasses.replace(base, seed=seed, out=fresh(OUT / "runs" / name))
-    run_dirs.append(str(pyro_vae.fit(config, progress=False if args.quick else None)))
+    config = dataclasses.replace(base, seed=seed, out=lesson.fresh(name))
+    run_dirs.append(str(pyro_vae.fit(config, progress=False if lesson.quick else None)))
     print(f"{name:10s} (seed {seed}) trained in {time.perf_counter() - t0:.0f} s")
 
 # %% [markdown]
@@ -158,7 +88,7 @@ for name, seed in (("diag", 0), ("other-seed", 1)):
 diag_dir = OUT / "diagnose"
 if diag_dir.exists():
     shutil.rmtree(diag_dir)
-settings = (dict(images=4, chains=2, warmup=100, draws=100, iw_samples=1000, is_samples=1000) if args.quick
+settings = (dict(images=4, chains=2, warmup=100, draws=100, iw_samples=1000, is_samples=1000) if lesson.quick
             else dict(images=8, chains=2, warmup=300, draws=300, iw_samples=5000, is_samples=2000))
 t0 = time.perf_counter()
 with warnings.catch_warnings(record=True) as caught:
@@ -229,7 +159,7 @@ for r in report["per_image"]:
 for name in names:
     khats = [r["khat"] for r in report["per_image"] if r["guide"] == name]
     print(f"{name}: {sum(k < KHAT_BAD for k in khats)} of {len(khats)} images with k-hat < {KHAT_BAD}")
-figure(diag_dir / "khat.png")
+lesson.figure(diag_dir / "khat.png")
 
 # %% [markdown]
 # The mismatched guide fails everywhere, by a wide margin: its k-hat is well above 0.7, its
@@ -276,7 +206,7 @@ ax.legend()
 ax.grid(alpha=0.3)
 fig.savefig(OUT / "weights.png", dpi=110, bbox_inches="tight")
 plt.close(fig)
-figure(OUT / "weights.png")
+lesson.figure(OUT / "weights.png")
 
 # %% [markdown]
 # ## Pair plots
@@ -288,7 +218,7 @@ figure(OUT / "weights.png")
 
 # %%
 for image in report["images"][:2]:
-    figure(diag_dir / f"pairs_image{image}.png")
+    lesson.figure(diag_dir / f"pairs_image{image}.png")
 
 # %% [markdown]
 # ## A checklist
@@ -304,5 +234,4 @@ for image in report["images"][:2]:
 # subject of tutorial 06.
 
 # %%
-(OUT / "figures.json").write_text(json.dumps(FIGURES, indent=2) + "\n")
-print(f"wrote {OUT / 'figures.json'} ({len(FIGURES)} figures) in {time.perf_counter() - started:.0f} s")
+lesson.finish()

@@ -24,13 +24,8 @@
 # MNIST when found (`$PYRO_VAE_DATA`, else `../shared/data` beside the repository).
 
 # %%
-import argparse
 import dataclasses
-import json
-import os
-import shutil
 import time
-from pathlib import Path
 
 import numpy as np
 import pyro
@@ -40,80 +35,14 @@ import pyro_vae
 from pyro_vae import RunConfig, plots
 from pyro_vae.diagnose import aggregate_posterior
 from pyro_vae.evaluate import evaluate
+from pyro_vae.tutorial import Lesson
 
 import matplotlib.pyplot as plt  # noqa: E402  (after pyro_vae.plots, which selects a file backend)
 
-parser = argparse.ArgumentParser(description="Tutorial 06: the aggregate posterior")
-parser.add_argument("--quick", action="store_true", help="small data and short training (under 2 minutes on a CPU)")
-parser.add_argument("--out", default="runs/tutorials/06", help="folder for runs and figures")
-args, _ = parser.parse_known_args()  # known args only: Jupyter passes its own
-
-OUT = Path(args.out)
-OUT.mkdir(parents=True, exist_ok=True)
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-if args.quick:
-    torch.set_num_threads(1)  # the quick networks are too small to gain from intra-op threads
-started = time.perf_counter()
-pyro.set_rng_seed(0)
-
-FIGURES = []
-
-
-def figure(path):
-    """Record a written figure, print its path and show it when running in a notebook."""
-    FIGURES.append(str(path))
-    print("figure:", path)
-    try:
-        from IPython import get_ipython
-        from IPython.display import Image, display
-        if get_ipython() is not None:
-            display(Image(str(path)))
-    except ImportError:
-        pass
-
-
-def data_dir() -> Path:
-    if os.environ.get("PYRO_VAE_DATA"):
-        return Path(os.environ["PYRO_VAE_DATA"])
-    here = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()
-    root = here.parent if here.name == "tutorials" else here
-    return root.parent / "shared" / "data"
-
-
-def mnist_or_digits(quick: bool) -> tuple[str, Path]:
-    """MNIST for the full run when its files are present, else the bundled digits.
-
-    torchvision extracts MNIST's .gz files beside themselves on first use; the .gz files are
-    copied into the output folder first, so the shared data folder is never written to."""
-    root = data_dir()
-    raw = root / "MNIST" / "raw"
-    names = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
-    if quick:
-        print("dataset: digits (--quick)")
-        return "digits", root
-    if all((raw / n).is_file() for n in names):
-        print(f"dataset: mnist from {root}")
-        return "mnist", root
-    if all((raw / f"{n}.gz").is_file() for n in names):
-        mirror = OUT / "data"
-        (mirror / "MNIST" / "raw").mkdir(parents=True, exist_ok=True)
-        for n in names:
-            if not (mirror / "MNIST" / "raw" / f"{n}.gz").is_file():
-                shutil.copy(raw / f"{n}.gz", mirror / "MNIST" / "raw" / f"{n}.gz")
-        print(f"dataset: mnist, from {raw} (copied to {mirror} to be extracted there)")
-        return "mnist", mirror
-    print(f"dataset: digits — MNIST was not found under {raw}, so the full run falls back to the 8x8 digits")
-    return "digits", root
-
-
-def fresh(run_dir: Path) -> str:
-    """`fit` refuses to overwrite a run: a rerun of the tutorial starts its runs afresh."""
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
-    return str(run_dir)
-
-
-DATASET, DATA_DIR = mnist_or_digits(args.quick)
+lesson = Lesson("06", "the aggregate posterior")
+OUT = lesson.out
+DEVICE = lesson.device
+DATASET, DATA_DIR = lesson.dataset()
 
 # %% [markdown]
 # ## Why the law holds
@@ -133,17 +62,17 @@ DATASET, DATA_DIR = mnist_or_digits(args.quick)
 # variance is split between the two terms, and how many dimensions are used at all.
 
 # %%
-BETAS = [0.5, 1.0, 2.0] if args.quick else [0.5, 1.0, 2.0, 4.0, 8.0]
-base = RunConfig(dataset=DATASET, data_dir=str(DATA_DIR), latent_dim=16 if args.quick else 32,
-                 hidden=[128, 128] if args.quick else [512, 512], activation="tanh", epochs=40 if args.quick else 60,
-                 batch_size=64 if args.quick else 128, lr=2e-3 if args.quick else 1e-3, patience=40,
+BETAS = [0.5, 1.0, 2.0] if lesson.quick else [0.5, 1.0, 2.0, 4.0, 8.0]
+base = RunConfig(dataset=DATASET, data_dir=str(DATA_DIR), latent_dim=16 if lesson.quick else 32,
+                 hidden=[128, 128] if lesson.quick else [512, 512], activation="tanh", epochs=40 if lesson.quick else 60,
+                 batch_size=64 if lesson.quick else 128, lr=2e-3 if lesson.quick else 1e-3, patience=40,
                  seed=0, device=DEVICE)
 runs = {}
 for beta in BETAS:
     label = f"beta={beta:g}"
     t0 = time.perf_counter()
-    run_dir = pyro_vae.fit(dataclasses.replace(base, beta=beta, out=fresh(OUT / "runs" / f"beta{beta:g}")),
-                           progress=False if args.quick else None)
+    run_dir = pyro_vae.fit(dataclasses.replace(base, beta=beta, out=lesson.fresh(f"beta{beta:g}")),
+                           progress=False if lesson.quick else None)
     runs[label] = pyro_vae.load_run(run_dir, DEVICE)
     print(f"{label:9s} trained in {time.perf_counter() - t0:.0f} s")
 
@@ -160,7 +89,7 @@ for beta in BETAS:
 # %%
 data = pyro_vae.load_data(DATASET, DATA_DIR).to(DEVICE)
 test = data.x["test"]
-n_eval = len(test) if args.quick or DEVICE == "cuda" else min(2000, len(test))  # the NLL is the costly part
+n_eval = len(test) if lesson.quick or DEVICE == "cuda" else min(2000, len(test))  # the NLL is the costly part
 stats, kl_per_dim, bounds = {}, {}, {}
 for label, run in runs.items():
     guide = run.pair.guide.eval()
@@ -169,7 +98,7 @@ for label, run in runs.items():
         mu, var = guide.moments(test)
     kl_per_dim[label] = (0.5 * (var + mu ** 2 - 1 - var.log())).mean(0).cpu().numpy()
     pyro.set_rng_seed(0)
-    bounds[label] = evaluate(run.pair.model, guide, test[:n_eval], iw_samples=100 if args.quick else 1000)
+    bounds[label] = evaluate(run.pair.model, guide, test[:n_eval], iw_samples=100 if lesson.quick else 1000)
 
 print(f"{DATASET} test split; ELBO and NLL at beta = 1 on {n_eval} images, nats per image")
 print(f"{'model':9s} {'ELBO':>8s} {'recon':>8s} {'KL':>7s} {'NLL':>8s} {'active':>7s} "
@@ -193,7 +122,7 @@ for label, s in stats.items():
 # keeps, moves variance from Var[mu] to E[sigma^2]: noisier codes, fewer nats about each image.
 
 # %%
-figure(plots.variance_law_bars({k: {key: v[key] for key in ("variance_law", "mean_variance", "variance_of_means")}
+lesson.figure(plots.variance_law_bars({k: {key: v[key] for key in ("variance_law", "mean_variance", "variance_of_means")}
                                 for k, v in stats.items()}, OUT / "variance_law.png"))
 
 # %% [markdown]
@@ -219,7 +148,7 @@ ax.legend()
 ax.grid(alpha=0.3)
 fig.savefig(OUT / "collapse.png", dpi=110, bbox_inches="tight")
 plt.close(fig)
-figure(OUT / "collapse.png")
+lesson.figure(OUT / "collapse.png")
 
 # %% [markdown]
 # ## Beyond two moments
@@ -246,7 +175,7 @@ for label, s in stats.items():
               f"skewness in [{skew.min():.2f}, {skew.max():.2f}], "
               f"excess kurtosis in [{kurt.min():.2f}, {kurt.max():.2f}]")
 # each model's most informative dimensions first
-figure(plots.aggregate_histograms({label: s["samples"][:, np.argsort(kl_per_dim[label])[::-1]]
+lesson.figure(plots.aggregate_histograms({label: s["samples"][:, np.argsort(kl_per_dim[label])[::-1]]
                                    for label, s in stats.items()}, OUT / "aggregate.png", max_dims=8))
 
 # %% [markdown]
@@ -261,5 +190,4 @@ figure(plots.aggregate_histograms({label: s["samples"][:, np.argsort(kl_per_dim[
 # * Tutorial 07 removes the per-image variance altogether.
 
 # %%
-(OUT / "figures.json").write_text(json.dumps(FIGURES, indent=2) + "\n")
-print(f"wrote {OUT / 'figures.json'} ({len(FIGURES)} figures) in {time.perf_counter() - started:.0f} s")
+lesson.finish()

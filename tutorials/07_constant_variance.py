@@ -16,14 +16,10 @@
 # (`$PYRO_VAE_DATA`, else `../shared/data` beside the repository).
 
 # %%
-import argparse
 import dataclasses
 import json
 import math
-import os
-import shutil
 import time
-from pathlib import Path
 
 import numpy as np
 import pyro
@@ -33,83 +29,17 @@ import pyro_vae
 from pyro_vae import GUIDES, RunConfig
 from pyro_vae.diagnose import aggregate_posterior
 from pyro_vae.evaluate import evaluate, per_datapoint
+from pyro_vae.tutorial import Lesson
 
 import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")  # figures are files; the notebook helper below displays them
 import matplotlib.pyplot as plt  # noqa: E402
 
-parser = argparse.ArgumentParser(description="Tutorial 07: constant posterior variance")
-parser.add_argument("--quick", action="store_true", help="small data and short training (under 2 minutes on a CPU)")
-parser.add_argument("--out", default="runs/tutorials/07", help="folder for runs and figures")
-args, _ = parser.parse_known_args()  # known args only: Jupyter passes its own
-
-OUT = Path(args.out)
-OUT.mkdir(parents=True, exist_ok=True)
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-if args.quick:
-    torch.set_num_threads(1)  # the quick networks are too small to gain from intra-op threads
-started = time.perf_counter()
-pyro.set_rng_seed(0)
-
-FIGURES = []
-
-
-def figure(path):
-    """Record a written figure, print its path and show it when running in a notebook."""
-    FIGURES.append(str(path))
-    print("figure:", path)
-    try:
-        from IPython import get_ipython
-        from IPython.display import Image, display
-        if get_ipython() is not None:
-            display(Image(str(path)))
-    except ImportError:
-        pass
-
-
-def data_dir() -> Path:
-    if os.environ.get("PYRO_VAE_DATA"):
-        return Path(os.environ["PYRO_VAE_DATA"])
-    here = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()
-    root = here.parent if here.name == "tutorials" else here
-    return root.parent / "shared" / "data"
-
-
-def mnist_or_digits(quick: bool) -> tuple[str, Path]:
-    """MNIST for the full run when its files are present, else the bundled digits.
-
-    torchvision extracts MNIST's .gz files beside themselves on first use; the .gz files are
-    copied into the output folder first, so the shared data folder is never written to."""
-    root = data_dir()
-    raw = root / "MNIST" / "raw"
-    names = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
-    if quick:
-        print("dataset: digits (--quick)")
-        return "digits", root
-    if all((raw / n).is_file() for n in names):
-        print(f"dataset: mnist from {root}")
-        return "mnist", root
-    if all((raw / f"{n}.gz").is_file() for n in names):
-        mirror = OUT / "data"
-        (mirror / "MNIST" / "raw").mkdir(parents=True, exist_ok=True)
-        for n in names:
-            if not (mirror / "MNIST" / "raw" / f"{n}.gz").is_file():
-                shutil.copy(raw / f"{n}.gz", mirror / "MNIST" / "raw" / f"{n}.gz")
-        print(f"dataset: mnist, from {raw} (copied to {mirror} to be extracted there)")
-        return "mnist", mirror
-    print(f"dataset: digits — MNIST was not found under {raw}, so the full run falls back to the 8x8 digits")
-    return "digits", root
-
-
-def fresh(run_dir: Path) -> str:
-    """`fit` refuses to overwrite a run: a rerun of the tutorial starts its runs afresh."""
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
-    return str(run_dir)
-
-
-DATASET, DATA_DIR = mnist_or_digits(args.quick)
+lesson = Lesson("07", "constant posterior variance")
+OUT = lesson.out
+DEVICE = lesson.device
+DATASET, DATA_DIR = lesson.dataset()
 
 # %% [markdown]
 # ## Two guides, one word apart
@@ -119,11 +49,11 @@ DATASET, DATA_DIR = mnist_or_digits(args.quick)
 # scales, initialized at the prior's scale of 1.
 
 # %%
-SEEDS = [0] if args.quick else [0, 1, 2]
-base = RunConfig(dataset=DATASET, data_dir=str(DATA_DIR), latent_dim=8 if args.quick else 32,
-                 hidden=[128, 128] if args.quick else [512, 512], activation="tanh",
-                 epochs=40, batch_size=64 if args.quick else 128,
-                 lr=2e-3 if args.quick else 1e-3, patience=40 if args.quick else 15, device=DEVICE)
+SEEDS = [0] if lesson.quick else [0, 1, 2]
+base = RunConfig(dataset=DATASET, data_dir=str(DATA_DIR), latent_dim=8 if lesson.quick else 32,
+                 hidden=[128, 128] if lesson.quick else [512, 512], activation="tanh",
+                 epochs=40, batch_size=64 if lesson.quick else 128,
+                 lr=2e-3 if lesson.quick else 1e-3, patience=40 if lesson.quick else 15, device=DEVICE)
 for name in ("diag", "const-var"):
     print(f"{name:9s} {GUIDES[name].about}  [{GUIDES[name].reference}]")
 
@@ -131,8 +61,8 @@ runs = {}
 for seed in SEEDS:
     for name in ("diag", "const-var"):
         t0 = time.perf_counter()
-        config = dataclasses.replace(base, guide=name, seed=seed, out=fresh(OUT / "runs" / f"{name}-{seed}"))
-        run_dir = pyro_vae.fit(config, progress=False if args.quick else None)
+        config = dataclasses.replace(base, guide=name, seed=seed, out=lesson.fresh(f"{name}-{seed}"))
+        run_dir = pyro_vae.fit(config, progress=False if lesson.quick else None)
         runs[name, seed] = pyro_vae.load_run(run_dir, DEVICE)
         print(f"{name:9s} seed {seed} trained in {time.perf_counter() - t0:.0f} s")
 for name in ("diag", "const-var"):
@@ -151,8 +81,8 @@ for name in ("diag", "const-var"):
 # %%
 data = pyro_vae.load_data(DATASET, DATA_DIR).to(DEVICE)
 test = data.x["test"]
-n_eval = len(test) if args.quick or DEVICE == "cuda" else min(2000, len(test))
-K = 500 if args.quick else 1000
+n_eval = len(test) if lesson.quick or DEVICE == "cuda" else min(2000, len(test))
+K = 500 if lesson.quick else 1000
 results, per_image = {}, {}
 for (name, seed), run in runs.items():
     pyro.set_rng_seed(0)
@@ -198,7 +128,7 @@ ax.set(xlabel="ELBO with diag (learned sigma(x))", ylabel="ELBO with const-var (
        title=f"per test image, seed {seed}: mean loss {lost[seed][0]:.3f} nats", aspect="equal")
 fig.savefig(OUT / "elbo_per_image.png", dpi=110, bbox_inches="tight")
 plt.close(fig)
-figure(OUT / "elbo_per_image.png")
+lesson.figure(OUT / "elbo_per_image.png")
 
 # %% [markdown]
 # ## Why so little?
@@ -228,7 +158,7 @@ ax.set(xlabel="latent dimension, sorted by sigma (each guide its own)", ylabel="
 ax.legend()
 fig.savefig(OUT / "sigmas.png", dpi=110, bbox_inches="tight")
 plt.close(fig)
-figure(OUT / "sigmas.png")
+lesson.figure(OUT / "sigmas.png")
 for name, guide in (("diag", diag_guide), ("const-var", const_guide)):
     s = aggregate_posterior(guide, test)
     law, active = np.array(s["variance_law"]), np.array(s["active"])
@@ -246,5 +176,4 @@ for name, guide in (("diag", diag_guide), ("const-var", const_guide)):
 #   simpler guide does nearly as well.
 
 # %%
-(OUT / "figures.json").write_text(json.dumps(FIGURES, indent=2) + "\n")
-print(f"wrote {OUT / 'figures.json'} ({len(FIGURES)} figures) in {time.perf_counter() - started:.0f} s")
+lesson.finish()
