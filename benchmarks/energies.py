@@ -35,105 +35,28 @@ import matplotlib
 matplotlib.use("Agg")  # figures are files; never open a window
 import matplotlib.pyplot as plt  # noqa: E402
 import pyro  # noqa: E402
-import pyro.distributions as dist  # noqa: E402
-import pyro.distributions.transforms as T  # noqa: E402
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch import nn  # noqa: E402
 
-from pyro_vae.guides import MIN_SCALE  # noqa: E402
-from pyro_vae.guides.flows import FAMILIES, unconditional_flow  # noqa: E402
+# re-exported: the tests read the energies through this module too
+from pyro_vae.energies import (BOX, ENERGIES, GRID, HIDDEN, BoxFlow, box_transforms, kl_estimate,  # noqa: E402, F401
+                               log_z_box, midpoints)
+from pyro_vae.guides.flows import FAMILIES  # noqa: E402
 from pyro_vae.io import atomic_path, write_text_atomic  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # throughput.py beside this file, however run
 import throughput as tp  # noqa: E402
 
-BOX = 4.0
 # log Z_B = log of the integral of exp(-U) over B, from ANCHORS.md ("Two-dimensional test energies")
 ANCHOR_LOG_Z = {"U1": 1.8775016, "U2": 2.0820893, "U3": 2.6417051, "U4": 2.6845680}
 LOG_Z_TOL = 1e-5
-GRID = 1000
 DEFAULT_FLOWS = ("planar", "radial", "coupling", "iaf", "spline")
 DEFAULT_KS = (2, 8, 32)
-HIDDEN = (32, 32)  # hypernetworks of coupling, iaf and spline steps: ample for 2-D targets
 # The default grid at 400 steps: 8 minutes on 2 cores (780 CPU seconds, a third of them in the
 # K = 32 splines); 500 steps came to about 1000 CPU seconds, too close to the 10 minutes asked for.
 STEPS = 400
 LR = 1e-2
 ANNEAL = 0.5  # fraction of the steps over which the energy's weight rises from 0.01 to 1
 WARMUP = 0.1  # fraction of the steps over which the learning rate rises to lr
-
-
-def _w1(z):
-    return torch.sin(2 * math.pi * z[..., 0] / 4)
-
-
-def u1(z):
-    ring = 0.5 * ((z.norm(dim=-1) - 2) / 0.4) ** 2
-    return ring - torch.logaddexp(-0.5 * ((z[..., 0] - 2) / 0.6) ** 2, -0.5 * ((z[..., 0] + 2) / 0.6) ** 2)
-
-
-def u2(z):
-    return 0.5 * ((z[..., 1] - _w1(z)) / 0.4) ** 2
-
-
-def u3(z):
-    w2 = 3 * torch.exp(-0.5 * ((z[..., 0] - 1) / 0.6) ** 2)
-    d = z[..., 1] - _w1(z)
-    return -torch.logaddexp(-0.5 * (d / 0.35) ** 2, -0.5 * ((d + w2) / 0.35) ** 2)
-
-
-def u4(z):
-    w3 = 3 * torch.sigmoid((z[..., 0] - 1) / 0.3)
-    d = z[..., 1] - _w1(z)
-    return -torch.logaddexp(-0.5 * (d / 0.4) ** 2, -0.5 * ((d + w3) / 0.35) ** 2)
-
-
-ENERGIES = {"U1": u1, "U2": u2, "U3": u3, "U4": u4}
-
-
-def midpoints(n: int, dtype=torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cell centres of an n x n grid over B as (n*n, 2) points, and the cell area."""
-    h = 2 * BOX / n
-    axis = -BOX + h * (torch.arange(n, dtype=dtype) + 0.5)
-    z1, z2 = torch.meshgrid(axis, axis, indexing="xy")  # row i holds z2 = axis[i], as imshow draws it
-    return torch.stack([z1.reshape(-1), z2.reshape(-1)], -1), h * h
-
-
-def log_z_box(energy, n: int = GRID) -> float:
-    """log of the integral of exp(-U) over B, midpoint rule on an n x n grid, in float64."""
-    points, area = midpoints(n)
-    return (torch.logsumexp(-energy(points), 0) + math.log(area)).item()
-
-
-def box_transforms() -> list:
-    # cache_size=1 so that log q of a fresh sample walks back through the cached values: planar and
-    # radial steps cannot invert, and atanh of a saturated tanh would lose the sample's precision
-    return [T.TanhTransform(cache_size=1), T.AffineTransform(0.0, BOX, cache_size=1)]
-
-
-class BoxFlow(nn.Module):
-    """q = law of 4 tanh(f(x)), x ~ N(loc, diag scale^2), f = K steps of the flow ``name``."""
-
-    def __init__(self, name: str, flows: int, hidden=HIDDEN):
-        super().__init__()
-        self.flow = unconditional_flow(name, 2, flows, hidden)
-        self.loc = nn.Parameter(torch.zeros(2))
-        self.raw_scale = nn.Parameter(torch.full((2,), 0.5413))  # softplus(0.5413) = 1
-
-    @property
-    def invertible(self) -> bool:
-        return self.flow.invertible
-
-    def dist(self) -> dist.TransformedDistribution:
-        base = dist.Normal(self.loc, MIN_SCALE + F.softplus(self.raw_scale)).to_event(1)
-        return dist.TransformedDistribution(base, self.flow.transforms() + box_transforms())
-
-    def sample_and_score(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """n reparameterized samples and their log q, scored at once while the caches hold them."""
-        q = self.dist()
-        z = q.rsample((n,))
-        return z, q.log_prob(z)
 
 
 def fit(model: BoxFlow, energy, steps: int, batch: int, lr: float = LR, anneal: float = ANNEAL) -> int:
@@ -163,15 +86,6 @@ def fit(model: BoxFlow, energy, steps: int, batch: int, lr: float = LR, anneal: 
             skipped += 1
         schedule.step()
     return skipped
-
-
-@torch.no_grad()
-def kl_estimate(model: BoxFlow, energy, log_z: float, samples: int) -> tuple[float, float]:
-    """KL(q||p) = E_q[log q + U] + log Z_B and its standard error, from fresh samples; ``model`` is
-    turned to float64 in place, so that the estimate carries no float32 rounding."""
-    z, log_q = model.double().sample_and_score(samples)
-    v = log_q + energy(z)
-    return (v.mean() + log_z).item(), (v.std() / math.sqrt(samples)).item()
 
 
 @torch.no_grad()

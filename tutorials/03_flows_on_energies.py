@@ -29,18 +29,14 @@
 # each — 48 fits, about half an hour on one CPU core (2-D flows are too small to gain from a GPU).
 
 # %%
+import inspect
 import json
-import math
 import time
 
 import pyro
-import pyro.distributions as dist
-import pyro.distributions.transforms as T
 import torch
-import torch.nn.functional as F
-from torch import nn
 
-from pyro_vae.guides import unconditional_flow
+from pyro_vae.energies import BOX, ENERGIES, BoxFlow, kl_estimate, log_z_box, midpoints, u3
 from pyro_vae.tutorial import Lesson
 
 import matplotlib  # noqa: E402
@@ -72,47 +68,8 @@ torch.set_num_threads(1)  # 2-D flows are many tiny tensor operations: threads o
 # log Z_B from a 1000 x 1000 midpoint-rule quadrature.
 
 # %%
-BOX = 4.0
-
-
-def _w1(z):
-    return torch.sin(2 * math.pi * z[..., 0] / 4)
-
-
-def u1(z):
-    ring = 0.5 * ((z.norm(dim=-1) - 2) / 0.4) ** 2
-    return ring - torch.logaddexp(-0.5 * ((z[..., 0] - 2) / 0.6) ** 2, -0.5 * ((z[..., 0] + 2) / 0.6) ** 2)
-
-
-def u2(z):
-    return 0.5 * ((z[..., 1] - _w1(z)) / 0.4) ** 2
-
-
-def u3(z):
-    w2 = 3 * torch.exp(-0.5 * ((z[..., 0] - 1) / 0.6) ** 2)
-    d = z[..., 1] - _w1(z)
-    return -torch.logaddexp(-0.5 * (d / 0.35) ** 2, -0.5 * ((d + w2) / 0.35) ** 2)
-
-
-def u4(z):
-    w3 = 3 * torch.sigmoid((z[..., 0] - 1) / 0.3)
-    d = z[..., 1] - _w1(z)
-    return -torch.logaddexp(-0.5 * (d / 0.4) ** 2, -0.5 * ((d + w3) / 0.35) ** 2)
-
-
-ENERGIES = {"U1": u1, "U2": u2, "U3": u3, "U4": u4}
-
-
-def grid(n: int):
-    """Cell centres of an n x n grid over B, as (n * n, 2) points with z2 along rows, and the cell area."""
-    h = 2 * BOX / n
-    axis = -BOX + h * (torch.arange(n, dtype=torch.float64) + 0.5)
-    z1, z2 = torch.meshgrid(axis, axis, indexing="xy")
-    return torch.stack([z1.reshape(-1), z2.reshape(-1)], -1), h * h
-
-
-points, area = grid(1000)
-LOG_Z = {name: (torch.logsumexp(-u(points), 0) + math.log(area)).item() for name, u in ENERGIES.items()}
+print(inspect.getsource(u3))  # the four energies are in pyro_vae.energies, written as in the table
+LOG_Z = {name: log_z_box(u) for name, u in ENERGIES.items()}
 for name, value in LOG_Z.items():
     print(f"{name}: log Z_B = {value:.5f}")
 
@@ -121,8 +78,9 @@ for name, value in LOG_Z.items():
 #
 # `pyro_vae.guides.unconditional_flow(family, latent_dim, K, hidden)` builds K steps of a
 # guide family without the encoder — the same builders as the amortized guides, with the same
-# reversals between coupling and autoregressive steps. q is then a learnable diagonal Gaussian
-# base, the K steps, and the box map.
+# reversals between coupling and autoregressive steps. `pyro_vae.energies.BoxFlow(family, K)` puts
+# a learnable diagonal Gaussian base before the K steps and the box map after them (its code is
+# printed below), and `kl_estimate` scores a fitted q with fresh samples, in float64.
 #
 # Planar and radial steps have no analytic inverse: their density is known only at the points
 # they have just produced (Pyro caches the last input–output pair of each transform). So the loss
@@ -130,24 +88,7 @@ for name, value in LOG_Z.items():
 # ever evaluates q at its own samples. (The same is true inside a VAE's ELBO.)
 
 # %%
-class BoxFlow(nn.Module):
-    """q = law of 4 tanh(f(x)), x ~ N(loc, diag scale^2), f = K steps of one flow family."""
-
-    def __init__(self, family: str, flows: int, hidden=(32, 32)):
-        super().__init__()
-        self.flow = unconditional_flow(family, 2, flows, hidden)
-        self.loc = nn.Parameter(torch.zeros(2))
-        self.raw_scale = nn.Parameter(torch.full((2,), 0.5413))  # softplus(0.5413) = 1
-
-    def dist(self):
-        base = dist.Normal(self.loc, 1e-5 + F.softplus(self.raw_scale)).to_event(1)
-        box = [T.TanhTransform(cache_size=1), T.AffineTransform(0.0, BOX, cache_size=1)]
-        return dist.TransformedDistribution(base, self.flow.transforms() + box)
-
-    def sample_and_score(self, n: int):
-        q = self.dist()
-        z = q.rsample((n,))
-        return z, q.log_prob(z)  # at once, while every transform's cache holds this sample
+print(inspect.getsource(BoxFlow))
 
 
 def fit(model: BoxFlow, energy, steps: int, batch: int, lr: float = 5e-3):
@@ -161,14 +102,6 @@ def fit(model: BoxFlow, energy, steps: int, batch: int, lr: float = 5e-3):
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-
-
-@torch.no_grad()
-def kl(model: BoxFlow, energy, log_z: float, samples: int):
-    """KL(q || p) from fresh samples, with its standard error (in float64: no rounding in the sum)."""
-    z, log_q = model.double().sample_and_score(samples)
-    v = log_q + energy(z)
-    return (v.mean() + log_z).item(), (v.std() / math.sqrt(samples)).item()
 
 
 # %% [markdown]
@@ -191,7 +124,7 @@ for target, energy in ENERGIES.items():
             t0 = time.perf_counter()
             model = BoxFlow(family, k)
             fit(model, energy, STEPS, BATCH, LR)
-            results[target, family, k] = kl(model, energy, LOG_Z[target], SAMPLES)
+            results[target, family, k] = kl_estimate(model, energy, LOG_Z[target], SAMPLES)
             fitted[target, family, k] = model
             value, se = results[target, family, k]
             print(f"{target} {family:8s} K={k:<2d} KL {value:7.3f} ± {se:.3f} nats "
@@ -267,7 +200,7 @@ def histogram(model: BoxFlow, n: int = 100, samples: int = 50_000 if lesson.quic
 
 
 k = max(KS)
-pts, _ = grid(100)
+pts, _ = midpoints(100)
 fig, axes = plt.subplots(len(ENERGIES), 1 + len(FAMILIES), figsize=(2.2 * (1 + len(FAMILIES)), 2.2 * len(ENERGIES)))
 for i, (target, energy) in enumerate(ENERGIES.items()):
     panels = [(torch.exp(-energy(pts) - LOG_Z[target]).reshape(100, 100), f"{target}: exp(-U) / Z")]
