@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -277,6 +278,19 @@ COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "sample": cmd_sample, 
 
 
 def main(argv: list[str] | None = None) -> int:
+    code = _main(argv)
+    distributed = sys.modules.get("pyro_vae.distributed")
+    if argv is None and distributed is not None and distributed.joined():
+        # The process is the program (argv from the command line) and was a rank of a process group:
+        # torch (2.14 with gloo, here) sometimes aborts a rank while the interpreter shuts down after
+        # destroy_process_group, turning a finished job into a failed one; leave without that phase.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def _main(argv: list[str] | None) -> int:
     try:
         args = _parser().parse_args(argv)
         return COMMANDS[args.command](args)

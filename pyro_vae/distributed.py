@@ -44,7 +44,13 @@ DEFAULT_TIMEOUT = 600.0
 TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 _BUFFER_SYNC = "forward_sync_buffers" \
     if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters else "broadcast_buffers"
+_joined = False  # whether this process has joined a process group through session()
 LAUNCH = "torchrun --nproc_per_node=N -m pyro_vae train ... --distributed"
+
+
+def joined() -> bool:
+    """Whether this process has been a rank of a process group started by :func:`session`."""
+    return _joined
 
 
 def launched_rank() -> int:
@@ -265,6 +271,7 @@ def _lost_peer(err: RuntimeError) -> bool:
 def session(device: str, distributed: bool):
     """Yield :class:`Single` or, with ``distributed``, this process's :class:`Group`, joining
     (or reusing) the process group from torchrun's environment: NCCL on GPUs, gloo on CPUs."""
+    global _joined
     if not distributed:
         yield Single(resolve_device(device))
         return
@@ -274,6 +281,7 @@ def session(device: str, distributed: bool):
     try:
         rank_device = _rank_device(device, local_rank)
         if own:
+            _joined = True
             dist.init_process_group("nccl" if rank_device.type == "cuda" else "gloo",
                                     timeout=timedelta(seconds=timeout))
         group = Group(rank_device, dist.get_rank(), dist.get_world_size(), local_rank, timeout)
