@@ -248,7 +248,11 @@ def prepare(run_dir: Path, config: RunConfig) -> bool:
         return False
     saved = run_dir / "config.json"
     if (run_dir / LAST).is_file() and saved.is_file():
-        if _comparable(json.loads(saved.read_text())) == _comparable(config.to_dict()):
+        try:  # through RunConfig, so that fields added since the run was saved take their defaults
+            same = _comparable(RunConfig.load(saved).to_dict()) == _comparable(config.to_dict())
+        except PyroVAEError:
+            same = False
+        if same:
             return True
     remove(run_dir, "a run of another setting")
     return False

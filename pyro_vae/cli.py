@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -59,7 +60,7 @@ TRAIN_FLAGS = [
     ("--device", "device", dict(choices=DEVICE_CHOICES)),
     ("--out", "out", dict(help="run directory to write")),
 ]
-RESUMABLE = {"out", "epochs", "device"}
+RESUMABLE = {"out", "epochs", "device", "distributed"}
 # Flags stored in RunConfig.guide_options; each guide family says which it takes (`pyro-vae guides`).
 GUIDE_FLAGS = [
     ("--flows", "flows", dict(type=int, help="number of flow steps K")),
@@ -78,6 +79,8 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--config", help="JSON file of RunConfig fields; flags override it")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
     train.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+    train.add_argument("--distributed", action="store_true", default=None,
+                       help="data-parallel over the processes of a torchrun job (see README, Scaling out)")
     for flag, field, kwargs in TRAIN_FLAGS + GUIDE_FLAGS:
         train.add_argument(flag, dest=field, default=None, **kwargs)
 
@@ -134,25 +137,35 @@ def _parser() -> argparse.ArgumentParser:
 
 def _train_config(args, **defaults) -> RunConfig:
     config = dataclasses.replace(RunConfig.load(args.config) if args.config else RunConfig(), **defaults)
+    # how a run is launched comes from the command line, not from a config file used as a template
+    config = dataclasses.replace(config, distributed=False, world_size=1)
     given = {f: getattr(args, f, None) for _, f, _ in TRAIN_FLAGS if getattr(args, f, None) is not None}
     options = {f: getattr(args, f) for _, f, _ in GUIDE_FLAGS if getattr(args, f) is not None}
     if options:
         given["guide_options"] = {**config.guide_options, **options}
+    if getattr(args, "distributed", None):
+        given["distributed"] = True
     if getattr(args, "resume", False):
         extra = sorted(set(given) - RESUMABLE)
         if extra:
-            raise PyroVAEError("--resume continues a run with its saved config; only --out, --epochs and --device "
-                               f"may be given (got {', '.join('--' + e.replace('_', '-') for e in extra)})")
+            flags = ", ".join("--" + e.replace("_", "-") for e in extra)
+            raise PyroVAEError("--resume continues a run with its saved config; only --out, --epochs, --device and "
+                               f"--distributed may be given (got {flags})")
     return dataclasses.replace(config, **given)
 
 
 def cmd_train(args) -> int:
+    from .distributed import launched_rank, launched_world_size
     from .train import fit
 
     config = _train_config(args)
+    if not config.distributed and launched_world_size() > 1:
+        raise PyroVAEError(f"started as one of {launched_world_size()} processes (WORLD_SIZE) without --distributed: "
+                           "each would train its own copy into the same --out; add --distributed")
     progress = False if args.quiet else None
     run_dir = fit(config, resume=args.resume, progress=progress, epochs=config.epochs if args.resume else None)
-    print(f"trained: {run_dir}")
+    if launched_rank() == 0 or not config.distributed:
+        print(f"trained: {run_dir}" + (f" ({launched_world_size()} ranks)" if config.distributed else ""))
     return 0
 
 
@@ -277,6 +290,19 @@ COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "sample": cmd_sample, 
 
 
 def main(argv: list[str] | None = None) -> int:
+    code = _main(argv)
+    distributed = sys.modules.get("pyro_vae.distributed")
+    if argv is None and distributed is not None and distributed.joined():
+        # The process is the program (argv from the command line) and was a rank of a process group:
+        # torch (2.14 with gloo, here) sometimes aborts a rank while the interpreter shuts down after
+        # destroy_process_group, turning a finished job into a failed one; leave without that phase.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def _main(argv: list[str] | None) -> int:
     try:
         args = _parser().parse_args(argv)
         return COMMANDS[args.command](args)

@@ -50,6 +50,11 @@ class RunConfig:
     seed: int = 0
     device: str = "auto"
     out: str = "runs/run"
+    # How the run was launched, stored because it changes the optimization: with ``distributed``
+    # every step sees batch_size rows on each of ``world_size`` ranks (resolved when training
+    # starts; a resumed run must be relaunched with the same world size).
+    distributed: bool = False
+    world_size: int = 1
 
     def validate(self) -> "RunConfig":
         """Raise :class:`PyroVAEError` on a value no run could use; return self."""
@@ -71,6 +76,11 @@ class RunConfig:
             raise PyroVAEError(f"classes must be an integer of at least 2, got {self.classes!r}")
         if self.binarize is not None and self.binarize not in BINARIZE_CHOICES:
             raise PyroVAEError(f"unknown --binarize {self.binarize!r}; choose from {', '.join(BINARIZE_CHOICES)}")
+        if not isinstance(self.distributed, bool):
+            raise PyroVAEError(f"distributed must be true or false, got {self.distributed!r}")
+        size = self.world_size
+        if not isinstance(size, int) or isinstance(size, bool) or size <= 0 or (not self.distributed and size != 1):
+            raise PyroVAEError(f"world_size must be 1, or a positive integer for a distributed run; got {size!r}")
         if self.device not in DEVICE_CHOICES:
             raise PyroVAEError(f"unknown --device {self.device!r}; choose from {', '.join(DEVICE_CHOICES)}")
         return self

@@ -98,7 +98,9 @@ class TrainState:
     history: list = field(default_factory=list)
 
 
-def save_checkpoint(path: Path, config: RunConfig, obs_shape: tuple, pair: Pair, optimizer, state: TrainState) -> None:
+def save_checkpoint(path: Path, config: RunConfig, obs_shape: tuple, pair: Pair, optimizer, state: TrainState,
+                    extra: dict | None = None) -> None:
+    """Write a checkpoint atomically; ``extra`` adds fields (e.g. the ranks' agreement on the state)."""
     payload = {
         "format": FORMAT,
         "config": config.to_dict(),
@@ -109,6 +111,7 @@ def save_checkpoint(path: Path, config: RunConfig, obs_shape: tuple, pair: Pair,
                         "best_epoch": state.best_epoch, "history": state.history},
         "rng": get_rng_state(),
         "versions": {"torch": str(torch.__version__), "pyro": str(pyro.__version__)},
+        **(extra or {}),
     }
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)

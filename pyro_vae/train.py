@@ -5,6 +5,10 @@ dropped so every step has the same shape, which the JIT objective needs). After 
 validation ELBO (beta = 1, one sample per image) decides early stopping; ``checkpoint.pt`` keeps
 the best epoch and ``last.pt`` the latest, with every RNG state, so ``--resume`` continues
 bit for bit where an interrupted run stopped.
+
+With ``config.distributed`` the same loop runs on every rank of a torchrun job, with the rank's
+share of each batch and of the validation set (see :mod:`pyro_vae.distributed`); only rank 0
+writes files.
 """
 
 from __future__ import annotations
@@ -19,13 +23,13 @@ import pyro
 import torch
 from tqdm.auto import tqdm
 
-from . import objectives
+from . import distributed, objectives
 from .config import RunConfig
 from .errors import PyroVAEError, TrainingDiverged
 from .evaluate import per_datapoint
 from .io import write_text_atomic
 from .run import BEST, LAST, TrainState, build, check_names, get_rng_state, load_checkpoint, load_data, \
-    resolve_device, save_checkpoint, set_rng_state
+    save_checkpoint, set_rng_state
 
 
 def kl_weight(config: RunConfig, step: int, steps_per_epoch: int) -> float:
@@ -44,16 +48,6 @@ def validation_elbo(pair, x: torch.Tensor, batch_size: int = 1000) -> float:
                 for i in range(0, x.shape[0], batch_size))
     pair.train()
     return total / x.shape[0]
-
-
-def _train_batches(data, batch_size: int):
-    n = data.x["train"].shape[0]
-    full = n // batch_size if n >= batch_size else 1
-    size = min(batch_size, n)
-    for i, batch in enumerate(data.batches("train", size, shuffle=True)):
-        if i == full:
-            break
-        yield batch
 
 
 def _write_metrics(run_dir: Path, history: list) -> None:
@@ -75,12 +69,16 @@ def fit(config: RunConfig, resume: bool = False, progress: bool | None = None, e
     With ``resume``, the run in ``config.out`` continues from ``last.pt`` with its own config
     (``epochs`` may raise its budget). Bad input raises :class:`PyroVAEError` before anything is
     written; a NaN/Inf loss raises :class:`TrainingDiverged` and leaves the checkpoints as they were.
+    With ``config.distributed``, call it on every rank of a torchrun job.
     """
     config = dataclasses.replace(config)  # filled in below; the caller's object stays as given
     run_dir = Path(config.out)
     checkpoint = None
     if resume:
         checkpoint = load_checkpoint(run_dir / LAST)
+        if checkpoint.config.distributed != config.distributed:
+            how = "with" if checkpoint.config.distributed else "without"
+            raise PyroVAEError(f"the run in {run_dir} was trained {how} --distributed; resume it the same way")
         config = checkpoint.config
         config.out = str(run_dir)
         if epochs is not None:
@@ -89,8 +87,18 @@ def fit(config: RunConfig, resume: bool = False, progress: bool | None = None, e
         raise PyroVAEError(f"run directory {run_dir} already exists and is not empty; use --resume or another --out")
     config.validate()
     check_names(config)
-    device = resolve_device(config.device)
-    data = load_data(config)
+    with distributed.session(config.device, config.distributed) as ctx:
+        if checkpoint is not None and config.world_size != ctx.world_size:
+            raise PyroVAEError(f"the run in {run_dir} was trained on {config.world_size} ranks, not {ctx.world_size}: "
+                               "resume it on as many, so that its global batch stays the same")
+        config.world_size = ctx.world_size
+        return _train(config, run_dir, checkpoint, ctx, progress)
+
+
+def _train(config: RunConfig, run_dir: Path, checkpoint, ctx: distributed.Single, progress: bool | None) -> Path:
+    device = ctx.device
+    with ctx.main_first():  # torchvision extracts MNIST beside its archives on first use: once
+        data = load_data(config)
     config.likelihood, config.binarize = data.likelihood, data.binarize
     config.classes = data.label_columns or None
     data = data.to(device)
@@ -103,22 +111,32 @@ def fit(config: RunConfig, resume: bool = False, progress: bool | None = None, e
         pair.load_state_dict(checkpoint.payload["pair"])
         optimizer.load_state_dict(checkpoint.payload["optimizer"])
         state = checkpoint.train_state
+        ctx.agreed_state(pair.state_dict(), optimizer.state_dict(), dataclasses.asdict(state))  # one checkpoint for all
     loss = objectives.loss_fn(config.objective, pair.model, pair.guide, config.particles)
     x_valid = data.x["valid"]
-    steps_per_epoch = max(1, data.x["train"].shape[0] // config.batch_size)
+    steps_per_epoch = ctx.steps_per_epoch(data.x["train"].shape[0], config.batch_size)
     one = torch.ones((), device=device)
+    wrapped = ctx.wrap(loss, config.objective)  # before priming: a refused objective fails before it compiles
     _prime(loss, data.x["train"][: config.batch_size].bernoulli() if data.binarize == "dynamic"
            else data.x["train"][: config.batch_size], one * kl_weight(config, state.step, steps_per_epoch))
+    loss = wrapped
+
+    def save(*names: str) -> None:
+        extra = ctx.agreed_state(pair.state_dict(), optimizer.state_dict(), dataclasses.asdict(state))
+        if ctx.is_main:
+            for name in names:
+                save_checkpoint(run_dir / name, config, data.obs_shape, pair, optimizer, state, extra)
 
     if checkpoint is None:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        config.save(run_dir / "config.json")
-        save_checkpoint(run_dir / LAST, config, data.obs_shape, pair, optimizer, state)
-        save_checkpoint(run_dir / BEST, config, data.obs_shape, pair, optimizer, state)
+        if ctx.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            config.save(run_dir / "config.json")
+        save(LAST, BEST)
     else:
         set_rng_state(checkpoint.payload["rng"])
 
     label = "iwae" if config.objective == "iwae" else "elbo"
+    progress = progress if ctx.is_main else False
     bar = tqdm(total=(config.epochs - state.epoch) * steps_per_epoch, disable=None if progress is None else not progress,
                unit="step", dynamic_ncols=True)
     try:
@@ -126,39 +144,45 @@ def fit(config: RunConfig, resume: bool = False, progress: bool | None = None, e
             while state.epoch < config.epochs and state.epoch - state.best_epoch < config.patience:
                 started = time.perf_counter()
                 total, seen = 0.0, 0
-                for x in _train_batches(data, config.batch_size):
+                ctx.seed_epoch(config.seed, state.epoch)
+                for x in ctx.train_batches(data, config.batch_size, config.seed, state.epoch):
                     beta = kl_weight(config, state.step, steps_per_epoch)
                     optimizer.zero_grad(set_to_none=True)
                     value = loss(x, one * beta) / x.shape[0]
-                    if not torch.isfinite(value):
+                    batch_total, batch_seen = ctx.loss_sum(value, x.shape[0])
+                    if not math.isfinite(batch_total):
                         raise TrainingDiverged(
-                            f"training diverged: the loss became {value.item()} at epoch {state.epoch + 1}, step "
-                            f"{state.step + 1}; the last good checkpoints (epoch {state.epoch}) are kept in {run_dir}")
+                            f"training diverged: the loss became {batch_total / batch_seen} at epoch "
+                            f"{state.epoch + 1}, step {state.step + 1}; the last good checkpoints (epoch "
+                            f"{state.epoch}) are kept in {run_dir}")
                     value.backward()
                     optimizer.step()
                     state.step += 1
-                    total, seen = total - value.item() * x.shape[0], seen + x.shape[0]
+                    total, seen = total - batch_total, seen + batch_seen
                     bar.update(1)
                     bar.set_postfix({"epoch": state.epoch + 1, label: f"{total / seen:.2f}", "beta": f"{beta:.2f}"},
                                     refresh=False)
                 state.epoch += 1
-                valid = validation_elbo(pair, x_valid)
+                valid = ctx.average(lambda rows: validation_elbo(pair, rows), x_valid)
                 if not math.isfinite(valid):
                     raise TrainingDiverged(f"training diverged: validation ELBO is {valid} after epoch {state.epoch}; "
                                            f"the last good checkpoints are kept in {run_dir}")
                 state.history.append({"epoch": state.epoch, "step": state.step, "train_objective": total / seen,
                                       "beta": beta, "valid_elbo": valid, "seconds": time.perf_counter() - started})
-                if valid > state.best_valid:
+                best = valid > state.best_valid
+                if best:
                     state.best_valid, state.best_epoch = valid, state.epoch
-                    save_checkpoint(run_dir / BEST, config, data.obs_shape, pair, optimizer, state)
-                save_checkpoint(run_dir / LAST, config, data.obs_shape, pair, optimizer, state)
-                _write_metrics(run_dir, state.history)
+                save(*((BEST, LAST) if best else (LAST,)))
+                if ctx.is_main:
+                    _write_metrics(run_dir, state.history)
                 if progress is not False:
                     bar.write(f"epoch {state.epoch:4d}  train {label} {total / seen:9.3f}  valid elbo {valid:9.3f}"
                               + ("  *best" if state.best_epoch == state.epoch else ""))
     finally:
         bar.close()
-    _write_figures(run_dir, data, state.history)
+    if ctx.is_main:
+        _write_figures(run_dir, data, state.history)
+    ctx.barrier()  # the run directory is complete when fit returns, on every rank
     return run_dir
 
 
