@@ -56,7 +56,7 @@ def timed_steps(ctx, batch: int, repeats: int, steps: int, warmup: int, seed: in
                        guide="diag")
     pair = run.build(config, tp.OBS_SHAPE).to(device)
     loss = ctx.wrap(objectives.loss_fn("elbo", pair.model, pair.guide, 1), "elbo")
-    optimizer = torch.optim.Adam(pair.parameters(), lr=tp.LR)
+    optimizer = run.make_optimizer(pair, tp.LR)
     gen = torch.Generator().manual_seed(seed + 1 + ctx.rank)  # each rank its own rows
     batches = [torch.bernoulli(torch.rand(batch, 784, generator=gen), generator=gen).to(device) for _ in range(10)]
     beta = torch.ones((), device=device)

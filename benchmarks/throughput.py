@@ -88,7 +88,7 @@ class Contender:
         if x0 is not None:
             _prime(loss, x0, beta)  # as train.fit does: one validated call, compiling the JIT
         self.name, self.loss, self.count = name, loss, 0
-        self.optimizer = torch.optim.Adam(module.parameters(), lr=LR)
+        self.optimizer = run.make_optimizer(module, LR)  # the suite's optimizer for every contender alike
 
     def steps(self, batches, beta, n: int) -> None:
         for _ in range(n):

@@ -16,6 +16,7 @@ whatever K is.
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 
 import torch
 
@@ -46,14 +47,16 @@ def per_datapoint(model, guide, x: torch.Tensor, samples: int, max_elements: int
     lse = torch.full((x.shape[0],), -math.inf, dtype=x.dtype, device=x.device)
     sums = {"log_lik": 0.0, "log_prior": 0.0, "log_q": 0.0}
     done = 0
-    while done < samples:
-        k = min(chunk, samples - done)
-        terms = log_weight_terms(model, guide, x, k)
-        log_w = terms["log_lik"] + terms["log_prior"] - terms["log_q"]
-        lse = torch.logaddexp(lse, torch.logsumexp(log_w, dim=0))
-        for key in sums:
-            sums[key] = sums[key] + terms[key].sum(0)
-        done += k
+    reuse = guide.reuse_features(x) if hasattr(guide, "reuse_features") else nullcontext()
+    with reuse:
+        while done < samples:
+            k = min(chunk, samples - done)
+            terms = log_weight_terms(model, guide, x, k)
+            log_w = terms["log_lik"] + terms["log_prior"] - terms["log_q"]
+            lse = torch.logaddexp(lse, torch.logsumexp(log_w, dim=0))
+            for key in sums:
+                sums[key] = sums[key] + terms[key].sum(0)
+            done += k
     recon = sums["log_lik"] / samples
     kl = (sums["log_q"] - sums["log_prior"]) / samples
     return {"log_px": lse - math.log(samples), "elbo": recon - kl, "recon": recon, "kl": kl}

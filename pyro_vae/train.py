@@ -29,7 +29,7 @@ from .errors import PyroVAEError, TrainingDiverged
 from .evaluate import per_datapoint
 from .io import write_text_atomic
 from .run import BEST, LAST, TrainState, build, check_names, get_rng_state, load_checkpoint, load_data, \
-    save_checkpoint, set_rng_state
+    make_optimizer, save_checkpoint, set_rng_state
 
 
 def kl_weight(config: RunConfig, step: int, steps_per_epoch: int) -> float:
@@ -105,7 +105,7 @@ def _train(config: RunConfig, run_dir: Path, checkpoint, ctx: distributed.Single
 
     pyro.set_rng_seed(config.seed)
     pair = build(config, data.obs_shape).to(device)
-    optimizer = torch.optim.Adam(pair.parameters(), lr=config.lr)
+    optimizer = make_optimizer(pair, config.lr)
     state = TrainState()
     if checkpoint is not None:
         pair.load_state_dict(checkpoint.payload["pair"])

@@ -160,7 +160,7 @@ class FlowGuide(DiagonalGaussian):
 
     def base_and_transforms(self, x: torch.Tensor):
         """The base distribution and the list of transforms conditioned on h(x)."""
-        h = self.encoder(x)
+        h = self.features(x)
         loc, scale = self.loc_scale_of_features(h)
         base = dist.Normal(loc, scale).to_event(1)
         return base, chain(self.steps, self.reverse, self.reverse_between, h)
