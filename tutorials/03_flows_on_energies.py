@@ -41,7 +41,7 @@ from pyro_vae.tutorial import Lesson
 
 import matplotlib  # noqa: E402
 
-matplotlib.use("Agg")  # figures are files; the notebook helper below displays them
+matplotlib.use("Agg")  # figures are files; lesson.figure displays them in a notebook
 import matplotlib.pyplot as plt  # noqa: E402
 
 lesson = Lesson("03", "flows on the 2-D test energies", quick_help="few steps, K = 2 and 8 (under 2 minutes on a CPU)")

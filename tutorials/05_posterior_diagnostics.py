@@ -43,7 +43,7 @@ from pyro_vae.tutorial import Lesson
 
 import matplotlib  # noqa: E402
 
-matplotlib.use("Agg")  # figures are files; the notebook helper below displays them
+matplotlib.use("Agg")  # figures are files; lesson.figure displays them in a notebook
 import matplotlib.pyplot as plt  # noqa: E402
 
 lesson = Lesson("05", "posterior diagnostics")

@@ -33,7 +33,7 @@ from pyro_vae.tutorial import Lesson
 
 import matplotlib  # noqa: E402
 
-matplotlib.use("Agg")  # figures are files; the notebook helper below displays them
+matplotlib.use("Agg")  # figures are files; lesson.figure displays them in a notebook
 import matplotlib.pyplot as plt  # noqa: E402
 
 lesson = Lesson("07", "constant posterior variance")
