@@ -41,7 +41,8 @@ import torch  # noqa: E402
 from pyro_vae.energies import (BOX, ENERGIES, GRID, HIDDEN, BoxFlow, box_transforms, kl_estimate,  # noqa: E402, F401
                                log_z_box, midpoints)
 from pyro_vae.guides.flows import FAMILIES  # noqa: E402
-from pyro_vae.io import atomic_path, write_text_atomic  # noqa: E402
+from pyro_vae.io import write_text_atomic  # noqa: E402
+from pyro_vae.plots import save_figure  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # throughput.py beside this file, however run
 import throughput as tp  # noqa: E402
@@ -250,10 +251,7 @@ def figure(models, targets, flows, k, cells, path: Path) -> Path:
             ax.set_xticks([])
             ax.set_yticks([])
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, tight=False)
 
 
 def _names(text: str) -> list[str]:

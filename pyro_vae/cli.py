@@ -174,6 +174,11 @@ def _positive(name: str, value: int) -> None:
         raise PyroVAEError(f"{name} must be a positive integer, got {value}")
 
 
+def _conditional(result: dict) -> bool:
+    spec = MODELS.get(result.get("model", "vae"))
+    return spec is not None and spec.conditional
+
+
 def format_eval(result: dict) -> str:
     rows = [
         ("run", result["run"]),
@@ -182,7 +187,7 @@ def format_eval(result: dict) -> str:
         ("  reconstruction", f"{result['recon']:.3f}"),
         ("  KL", f"{result['kl']:.3f}"),
         (f"NLL (K={result['iw_samples']})", f"{result['nll']:.3f} ± {result['nll_se']:.3f} nats/datapoint"
-                                            + (" (-log p(x|y), given the label)" if result.get("model") == "cvae" else "")),
+                                            + (" (-log p(x|y), given the label)" if _conditional(result) else "")),
         ("active units", f"{result['active_units']} / {result['latent_dim']}"),
     ]
     return "\n".join(f"{k:<18} {v}" for k, v in rows)

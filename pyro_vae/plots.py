@@ -14,9 +14,11 @@ from torchvision.utils import make_grid  # noqa: E402
 from .io import atomic_path  # noqa: E402
 
 
-def _save(fig, path: Path) -> Path:
+def save_figure(fig, path: Path, tight: bool = True) -> Path:
+    """Write ``fig`` as a PNG at ``path`` atomically (cropped to its content unless ``tight`` is
+    False) and close it."""
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight" if tight else None)
     plt.close(fig)
     return path
 
@@ -36,7 +38,7 @@ def image_grid(images: torch.Tensor, obs_shape: tuple, path: Path, nrow: int = 8
     ax.axis("off")
     if title:
         ax.set_title(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def elbo_curve(history: list, path: Path) -> Path:
@@ -48,7 +50,7 @@ def elbo_curve(history: list, path: Path) -> Path:
     ax.set_ylabel("nats per datapoint")
     ax.legend()
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 @torch.no_grad()
@@ -60,7 +62,7 @@ def latent_scatter(guide, x: torch.Tensor, labels, path: Path) -> Path:
         fig.colorbar(points, ax=ax, label="label")
     ax.set_xlabel("E[z1 | x]")
     ax.set_ylabel("E[z2 | x]")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 @torch.no_grad()
@@ -120,7 +122,7 @@ def posterior_panels(pairs: dict, x: torch.Tensor, path: Path, samples: int = 40
             if i == 0:
                 ax.set_title(name)
     fig.suptitle("exact p(z|x) (contours) and q(z|x) draws (shaded), per test image")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 @torch.no_grad()
@@ -139,7 +141,7 @@ def interpolations(pairs: dict, xa: torch.Tensor, xb: torch.Tensor, obs_shape: t
         ax.set_xticks([])
         ax.set_yticks([])
         ax.set_ylabel(name, rotation=0, ha="right", va="center")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def khat_plot(rows: list[dict], path: Path, good: float = 0.5, bad: float = 0.7) -> Path:
@@ -157,7 +159,7 @@ def khat_plot(rows: list[dict], path: Path, good: float = 0.5, bad: float = 0.7)
     ax.set_xlabel("test image")
     ax.set_ylabel("PSIS k-hat")
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def variance_law_bars(per_dimension: dict, path: Path) -> Path:
@@ -174,7 +176,7 @@ def variance_law_bars(per_dimension: dict, path: Path) -> Path:
         ax.set_title(name)
         ax.set_xlabel("latent dimension")
     axes[0, 0].legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def aggregate_histograms(samples: dict, path: Path, max_dims: int = 8) -> Path:
@@ -193,4 +195,4 @@ def aggregate_histograms(samples: dict, path: Path, max_dims: int = 8) -> Path:
             if i == 0:
                 ax.set_title(f"z{j}", fontsize=9)
         axes[i, 0].set_ylabel(name, fontsize=9)
-    return _save(fig, path)
+    return save_figure(fig, path)

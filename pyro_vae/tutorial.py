@@ -11,6 +11,7 @@ Example::
     dataset, data_dir = lesson.dataset()
     run = pyro_vae.fit(RunConfig(dataset=dataset, data_dir=str(data_dir), out=lesson.fresh("vae")))
     lesson.figure(plots.image_grid(..., lesson.out / "samples.png"))
+    lesson.save(fig, "curve.png")  # a matplotlib figure of the lesson's own
     lesson.finish()
 """
 
@@ -66,6 +67,13 @@ class Lesson:
         except ImportError:
             pass
         return Path(path)
+
+    def save(self, fig, name: str, tight: bool = True) -> Path:
+        """Write a matplotlib figure as ``out/name`` (see :func:`pyro_vae.plots.save_figure`), close
+        it, and record it like :meth:`figure`."""
+        from .plots import save_figure  # matplotlib loads only when a lesson draws
+
+        return self.figure(save_figure(fig, self.out / name, tight))
 
     def fresh(self, name: str | Path) -> str:
         """The run directory ``out/runs/name``, emptied: ``fit`` refuses to overwrite a run, and a

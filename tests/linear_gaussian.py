@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import math
 
+import pyro
 import pyro.distributions as dist
 import pytest
 import torch
 from torch import nn
 
+from pyro_vae import objectives
 from pyro_vae.guides import AmortizedGuide
 from pyro_vae.models import VAE, StandardNormal
 
@@ -146,3 +148,18 @@ class LinearGaussian:
         """E_q[log p(x|z)] - beta KL(q || p(z)) for an affine Gaussian guide, per datapoint."""
         loc = guide.mean(x)
         return self.expected_log_lik(x, loc, guide.cov) - beta * self.kl_to_prior(loc, guide.cov)
+
+
+def fit_guide(model, guide, x: torch.Tensor, steps: int, lr: float) -> None:
+    """Train ``guide`` alone by the 8-particle ELBO on ``x`` (the model's parameters are not
+    updated), with Adam on a cosine schedule down to 0 so the last steps settle."""
+    loss = objectives.loss_fn("elbo", model, guide, particles=8)
+    optimizer = torch.optim.Adam(guide.parameters(), lr=lr)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
+    beta = torch.tensor(1.0)
+    with pyro.validation_enabled(False):
+        for _ in range(steps):
+            optimizer.zero_grad()
+            (loss(x, beta) / x.shape[0]).backward()
+            optimizer.step()
+            scheduler.step()

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from cli_errors import user_error
 from pyro_vae import guides, objectives
 from pyro_vae.cli import main
 from pyro_vae.data import DATASETS
@@ -28,18 +29,6 @@ def trained_run(tmp_path_factory, _one_thread):
     out = tmp_path_factory.mktemp("cli") / "run"
     assert main(["train", *TINY, "--epochs", "2", "--out", str(out)]) == 0
     return out
-
-
-def user_error(capsys, argv):
-    """Run the CLI in-process and return its one stderr line, checking the error contract."""
-    code = main(argv)
-    captured = capsys.readouterr()
-    lines = captured.err.strip().splitlines()
-    assert code == 2, captured
-    assert "Traceback" not in captured.err
-    assert len(lines) == 1, captured.err
-    assert lines[0].startswith("pyro-vae: error: "), lines[0]
-    return lines[0]
 
 
 def npz(path, **arrays):

@@ -7,17 +7,17 @@ import math
 import warnings
 
 import numpy as np
-import pyro
 import pyro.distributions as dist
 import pytest
 import torch
 from scipy import stats
 from torch import nn
 
+from cli_errors import user_error
 from linear_gaussian import float64  # noqa: F401  (autouse fixture)
-from linear_gaussian import TOL_SE, AffineGaussianGuide, FixedScaleNormal, LinearGaussian
+from linear_gaussian import TOL_SE, AffineGaussianGuide, FixedScaleNormal, LinearGaussian, fit_guide
 from pyro_vae import diagnose as diagnose_mod
-from pyro_vae import diagnostics, guides, objectives
+from pyro_vae import diagnostics, guides
 from pyro_vae.cli import main
 from pyro_vae.compare import grid_posterior, posterior_window
 from pyro_vae.diagnose import aggregate_posterior, energy_distance, grid_reference, guide_diagnostics, nuts_reference
@@ -129,17 +129,7 @@ def test_grid_reference_on_a_skewed_posterior():
 def _train_full_guide(truth: LinearGaussian, model, steps: int = 300):
     # the exact posterior mean is affine in x: an identity trunk lets the head represent it exactly
     guide = guides.build("full", nn.Identity(), truth.D, truth.L)
-    x = truth.sample(256, seed=1)
-    loss = objectives.loss_fn("elbo", model, guide, particles=8)
-    optimizer = torch.optim.Adam(guide.parameters(), lr=2e-2)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
-    beta = torch.tensor(1.0)
-    with pyro.validation_enabled(False):
-        for _ in range(steps):
-            optimizer.zero_grad()
-            (loss(x, beta) / x.shape[0]).backward()
-            optimizer.step()
-            scheduler.step()
+    fit_guide(model, guide, truth.sample(256, seed=1), steps, lr=2e-2)
     return guide
 
 
@@ -368,18 +358,6 @@ def file_run(tmp_path_factory, runs):
     # only the dataset differs, so that is what the command must notice
     assert load_run(run).obs_shape == load_run(runs["diag"]).obs_shape
     return run
-
-
-def user_error(capsys, argv):
-    """Run the CLI in-process and return its one stderr line, checking the error contract."""
-    code = main(argv)
-    captured = capsys.readouterr()
-    lines = captured.err.strip().splitlines()
-    assert code == 2, captured
-    assert "Traceback" not in captured.err
-    assert len(lines) == 1, captured.err
-    assert lines[0].startswith("pyro-vae: error: "), lines[0]
-    return lines[0]
 
 
 def _kl_gap_tolerance(report, samples: int) -> dict:

@@ -19,6 +19,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from cli_errors import user_error
 from pyro_vae import distributed, objectives
 from pyro_vae.cli import main
 from pyro_vae.config import RunConfig
@@ -168,13 +169,6 @@ def test_short_and_resumed_runs_end_identical_on_every_rank(runs):
     assert all(r["valid_elbo"] < 0 for r in resumed.train_state.history)
     assert (runs / "short" / "samples.png").is_file()
     assert not [p.name for p in (runs / "short").iterdir() if p.name.endswith(".tmp")]
-
-
-def user_error(capsys, argv) -> str:
-    code = main(argv)
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and err[0].startswith("pyro-vae: error: "), err
-    return err[0]
 
 
 def test_resume_must_be_launched_like_the_run(capsys, runs):

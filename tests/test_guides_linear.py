@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from linear_gaussian import LinearGaussian, float64  # noqa: F401  (autouse fixture)
-from pyro_vae import guides, objectives
+from linear_gaussian import LinearGaussian, fit_guide, float64  # noqa: F401  (autouse fixture)
+from pyro_vae import guides
 from pyro_vae.evaluate import per_datapoint
 
 # Radial flows contract towards a point and cannot shear a Gaussian; splines train slowly
@@ -30,16 +30,7 @@ def _fit_guide(name: str, steps: int = 800):
     encoder = nn.Linear(truth.D, 16)
     options = {"flows": 2, "flow_hidden": [16]} if "flows" in guides.GUIDES[name].options() else {}
     guide = guides.build(name, encoder, 16, truth.L, **options)
-    loss = objectives.loss_fn("elbo", model, guide, particles=8)
-    optimizer = torch.optim.Adam(guide.parameters(), lr=1e-2)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
-    beta = torch.tensor(1.0)
-    with pyro.validation_enabled(False):
-        for _ in range(steps):
-            optimizer.zero_grad()
-            (loss(x, beta) / x.shape[0]).backward()
-            optimizer.step()
-            scheduler.step()
+    fit_guide(model, guide, x, steps, lr=1e-2)
     pyro.set_rng_seed(0)
     elbo = per_datapoint(model, guide, x, samples=4000)["elbo"].mean().item()
     return elbo, truth.log_px(x).mean().item()

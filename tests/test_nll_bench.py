@@ -5,7 +5,6 @@ busy 2-core machine, so it stays in the default test run.
 """
 
 import importlib.util
-import json
 import math
 import sys
 from pathlib import Path

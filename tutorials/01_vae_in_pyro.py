@@ -262,9 +262,7 @@ for m, s, y in zip(means, sds, labels):
 lim = max(3.0, means.abs().max().item() + 0.5)
 ax.set(xlim=(-lim, lim), ylim=(-lim, lim), xlabel="z1", ylabel="z2", aspect="equal",
        title="q(z|x) of 100 test digits: mean (label) and 1-sd ellipse")
-fig.savefig(OUT / "latent_scatter.png", dpi=110, bbox_inches="tight")
-plt.close(fig)
-lesson.figure(OUT / "latent_scatter.png")
+lesson.save(fig, "latent_scatter.png")
 
 # %% [markdown]
 # **The decoded latent grid** (Kingma & Welling 2014, figure 4): z runs over a 15 x 15 grid of

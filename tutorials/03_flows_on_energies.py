@@ -155,9 +155,7 @@ for ax, target in zip(axes, ENERGIES):
     ax.grid(alpha=0.3)
 axes[0].set_ylabel("KL(q || p), nats")
 axes[0].legend(fontsize=8)
-fig.savefig(OUT / "kl_vs_k.png", dpi=110, bbox_inches="tight")
-plt.close(fig)
-lesson.figure(OUT / "kl_vs_k.png")
+lesson.save(fig, "kl_vs_k.png")
 
 # %% [markdown]
 # ## What the densities look like
@@ -215,9 +213,7 @@ for i, (target, energy) in enumerate(ENERGIES.items()):
         ax.set_xticks([])
         ax.set_yticks([])
 fig.tight_layout()
-fig.savefig(OUT / "energies.png", dpi=110)
-plt.close(fig)
-lesson.figure(OUT / "energies.png")
+lesson.save(fig, "energies.png", tight=False)
 
 # %% [markdown]
 # ## What to take away

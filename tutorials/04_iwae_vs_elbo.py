@@ -122,9 +122,7 @@ ax2.loglog(sweep, [gaps[3] * sweep[3] / k for k in sweep], "k--", lw=0.8, label=
 ax2.set(xlabel="k", ylabel="gap, nats", title="the gap shrinks with k")
 ax2.legend()
 ax2.grid(alpha=0.3, which="both")
-fig.savefig(OUT / "bound_vs_k.png", dpi=110, bbox_inches="tight")
-plt.close(fig)
-lesson.figure(OUT / "bound_vs_k.png")
+lesson.save(fig, "bound_vs_k.png")
 
 # %% [markdown]
 # ## IWAE against VAE
@@ -177,9 +175,7 @@ ax.axhline(ACTIVE_UNIT_THRESHOLD, color="k", ls="--", lw=0.8)
 ax.set(xlabel="latent dimension (sorted)", ylabel="Var_x E_q[z_i | x]", title="active units")
 ax.legend()
 ax.grid(alpha=0.3)
-fig.savefig(OUT / "active_units.png", dpi=110, bbox_inches="tight")
-plt.close(fig)
-lesson.figure(OUT / "active_units.png")
+lesson.save(fig, "active_units.png")
 
 # %% [markdown]
 # ## The guide of an IWAE is a worse ELBO guide

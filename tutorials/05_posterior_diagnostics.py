@@ -204,9 +204,7 @@ ax.set(xlabel="number of largest weights", ylabel="share of the total weight",
        title="importance weights p(x,z)/q(z|x), one line per image")
 ax.legend()
 ax.grid(alpha=0.3)
-fig.savefig(OUT / "weights.png", dpi=110, bbox_inches="tight")
-plt.close(fig)
-lesson.figure(OUT / "weights.png")
+lesson.save(fig, "weights.png")
 
 # %% [markdown]
 # ## Pair plots

@@ -146,9 +146,7 @@ for label, kl in kl_per_dim.items():
 ax.set(xlabel="latent dimension (sorted)", ylabel="E_x KL(q(z_j|x) || N(0,1)), nats", title="nats per dimension")
 ax.legend()
 ax.grid(alpha=0.3)
-fig.savefig(OUT / "collapse.png", dpi=110, bbox_inches="tight")
-plt.close(fig)
-lesson.figure(OUT / "collapse.png")
+lesson.save(fig, "collapse.png")
 
 # %% [markdown]
 # ## Beyond two moments

@@ -126,9 +126,7 @@ lo, hi = min(a.min(), b.min()), max(a.max(), b.max())
 ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
 ax.set(xlabel="ELBO with diag (learned sigma(x))", ylabel="ELBO with const-var (shared sigma)",
        title=f"per test image, seed {seed}: mean loss {lost[seed][0]:.3f} nats", aspect="equal")
-fig.savefig(OUT / "elbo_per_image.png", dpi=110, bbox_inches="tight")
-plt.close(fig)
-lesson.figure(OUT / "elbo_per_image.png")
+lesson.save(fig, "elbo_per_image.png")
 
 # %% [markdown]
 # ## Why so little?
@@ -156,9 +154,7 @@ ax.plot(range(len(sig_const)), np.sort(sig_const), "r_", ms=14, mew=2, label="co
 ax.set(xlabel="latent dimension, sorted by sigma (each guide its own)", ylabel="posterior standard deviation",
        title="sigma_j(x) of diag over test images")
 ax.legend()
-fig.savefig(OUT / "sigmas.png", dpi=110, bbox_inches="tight")
-plt.close(fig)
-lesson.figure(OUT / "sigmas.png")
+lesson.save(fig, "sigmas.png")
 for name, guide in (("diag", diag_guide), ("const-var", const_guide)):
     s = aggregate_posterior(guide, test)
     law, active = np.array(s["variance_law"]), np.array(s["active"])

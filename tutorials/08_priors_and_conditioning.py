@@ -108,9 +108,7 @@ for name, run in runs.items():
 right.set(xlabel="epoch", ylabel="validation ELBO (beta = 1)", title="training")
 right.legend()
 fig.tight_layout()
-fig.savefig(OUT / "beta_warmup.png", dpi=110)
-plt.close(fig)
-lesson.figure(OUT / "beta_warmup.png")
+lesson.save(fig, "beta_warmup.png", tight=False)
 
 # %% [markdown]
 # beta = 4 buys a smaller KL with a worse reconstruction, and its ELBO at beta = 1 is lower: it
@@ -145,9 +143,7 @@ for ax, (name, run) in zip(axes, priors.items()):
     ax.scatter(codes[:, 0], codes[:, 1], c=data.y["test"].cpu(), cmap="tab10", s=4)
     ax.set(title=f"prior {name}: NLL {rows2[name]['nll']:.2f}", xlabel="z1", ylabel="z2")
 fig.tight_layout()
-fig.savefig(OUT / "learned_prior.png", dpi=110)
-plt.close(fig)
-lesson.figure(OUT / "learned_prior.png")
+lesson.save(fig, "learned_prior.png", tight=False)
 
 # %% [markdown]
 # With N(0, I) the codes are pressed into one round blob, with gaps the sampler still visits.
