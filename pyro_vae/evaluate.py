@@ -1,8 +1,8 @@
 """Bounds and likelihood estimates of a trained model, in nats per datapoint.
 
 Everything is computed from one set of importance weights w_k = p(x, z_k) / q(z_k|x), z_k ~ q,
-read from Pyro traces of the model replayed on the guide, so the estimate is that of the model
-and guide actually trained:
+with the very distributions the model's and guide's sample sites use, so the estimate is that of
+the model and guide actually trained:
 
 - ELBO = mean_k log w_k (a lower bound on log p(x)); reconstruction E_q log p(x|z) and
   KL = E_q[log q(z|x) - log p(z)] are its two terms, estimated from the same samples;
@@ -15,12 +15,12 @@ whatever K is.
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import math
 from contextlib import nullcontext
 
 import torch
-
-from .objectives import trace_log_probs
 
 # Active units (Burda et al. 2016): a latent dimension whose posterior mean varies with x.
 ACTIVE_UNIT_THRESHOLD = 0.01
@@ -32,8 +32,34 @@ def log_weight_terms(model, guide, x: torch.Tensor, samples: int) -> dict[str, t
     Returns log p(x|z) ("log_lik", observed sites), log p(z) ("log_prior", latent sites of the
     model) and log q(z|x) ("log_q"), unscaled: bounds are reported at beta = 1.
     """
-    terms = trace_log_probs(model, guide, x, particles=samples, scaled=False)
-    return {key: terms[key].expand((samples, x.shape[0])) for key in ("log_lik", "log_prior", "log_q")}
+    # Scored directly rather than read from Pyro traces (``objectives.trace_log_probs``, which gives
+    # the same numbers; a test checks it for every model and guide): at thousands of particles the
+    # trace bookkeeping per chunk, and terms such as log sigma that a plate-expanded distribution
+    # recomputes for every particle, made the estimator ~8% slower than plain tensor code.
+    q = guide.dist(x)
+    z = q.rsample((samples,)) if q.has_rsample else q.sample((samples,))
+    log_prior, log_lik = model.log_terms(x, z)
+    return {"log_lik": log_lik, "log_prior": log_prior, "log_q": q.log_prob(z)}
+
+
+@functools.cache
+def retain_freed_memory() -> bool:
+    """Ask glibc to keep freed buffers up to 32 MiB in the process's heap, and not to return free
+    heap below 256 MiB to the kernel. Process-wide and lasting; returns whether it took effect
+    (not on other C libraries).
+
+    An importance-sampled estimate allocates and frees the same few large buffers for every chunk
+    of samples. With glibc's adaptive defaults these are often handed back to the kernel and
+    faulted in again, page by page, on the next chunk, by chance of the allocation order: the NLL
+    estimate of benchmarks/evaluation.py ran about 1.45x slower, and its time varied by 20% from
+    run to run. The cost is that the process keeps its peak memory until it ends.
+    """
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
+    return bool(mallopt(m_mmap_threshold, 32 * 2**20)) and bool(mallopt(m_trim_threshold, 256 * 2**20))
 
 
 def _chunk_size(samples: int, batch: int, elements_per_sample: int, max_elements: int) -> int:
@@ -43,6 +69,7 @@ def _chunk_size(samples: int, batch: int, elements_per_sample: int, max_elements
 @torch.no_grad()
 def per_datapoint(model, guide, x: torch.Tensor, samples: int, max_elements: int = 2**23) -> dict[str, torch.Tensor]:
     """Per-datapoint ELBO, its two terms and the K-sample log p(x) estimate, each of shape (N,)."""
+    retain_freed_memory()
     chunk = _chunk_size(samples, x.shape[0], 4 * x.shape[-1], max_elements)
     lse = torch.full((x.shape[0],), -math.inf, dtype=x.dtype, device=x.device)
     sums = {"log_lik": 0.0, "log_prior": 0.0, "log_q": 0.0}
