@@ -3,8 +3,9 @@ memory the suite's estimator needs.
 
 Both estimators use the same networks (MLP 784-500-500-32, Bernoulli pixels, diagonal Gaussian
 guide), the same K samples per image drawn in the same chunks, and a running log-sum-exp; only how
-log p(x, z) - log q(z|x) is computed differs (Pyro traces of the model and guide for the suite,
-tensor code for the baseline). They alternate on the same batches, several repeats, in one process.
+log p(x, z) - log q(z|x) is computed differs (the Pyro distributions of the suite's model and
+guide, through ``pyro_vae.evaluate.per_datapoint``, against tensor code). They alternate on the
+same batches, several repeats, in one process, with glibc's allocator set as the suite sets it.
 
 ``--memory N`` runs the suite's ``evaluate`` alone on N MNIST-shaped images with K samples and
 reports the process's peak resident memory, in a fresh process so the peak is the evaluation's.

@@ -2,6 +2,7 @@
 
 import importlib
 import math
+import platform
 
 import pyro
 import pytest
@@ -197,3 +198,10 @@ def test_active_units_counts_dimensions_whose_mean_varies(guide_cls):
     assert count == 1
     assert variances[0] < evaluate_module.ACTIVE_UNIT_THRESHOLD / 2
     assert variances[1] == pytest.approx(x[:, 0].var().item(), rel=0.05)
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the allocator setting is glibc's")
+def test_retain_freed_memory_takes_effect_on_glibc():
+    # mallopt returns 0 for a setting it refuses; both must be accepted
+    evaluate_module.retain_freed_memory.cache_clear()
+    assert evaluate_module.retain_freed_memory() is True
