@@ -28,9 +28,9 @@ class BernoulliLogits(dist.Bernoulli):
 
     torch's ``log_prob`` negates the (particles, N, pixels) cross-entropy out of place. That extra
     buffer per draw is enough for glibc to hand the large per-chunk buffers back to the kernel and
-    fault them in again on every chunk of an importance-sampled NLL: with it the suite's estimator
-    took 1.2x the hand-written one (benchmarks/evaluation.py). Negating in place is the same number
-    and the same gradient (the cross-entropy's backward does not read its own output).
+    fault them in again on every chunk of an importance-sampled NLL (one of the reasons the suite's
+    estimator took 1.2x the hand-written one in benchmarks/evaluation.py). Negating in place gives
+    the same number and the same gradient: the cross-entropy's backward does not read its output.
     """
 
     def log_prob(self, value):
