@@ -171,7 +171,7 @@ class FlowGuide(DiagonalGaussian):
 
     @torch.no_grad()
     def mean(self, x, samples: int = 1000):  # enough for active units: see AmortizedGuide.mean
-        return self.dist(x).rsample((samples,)).mean(0)
+        return self._monte_carlo_mean(x, samples)
 
     moments = AmortizedGuide.moments  # the base's closed form does not hold after the flow
 
