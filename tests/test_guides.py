@@ -18,7 +18,8 @@ from pyro_vae import guides, nets
 from pyro_vae.config import RunConfig
 from pyro_vae.errors import PyroVAEError
 from pyro_vae.evaluate import evaluate, log_weight_terms
-from pyro_vae.guides import GUIDES, MIN_SCALE, ConstantVariance, DiagonalGaussian, FlowGuide, FullCovariance
+from pyro_vae.guides import GUIDES, MIN_SCALE, AmortizedGuide, ConstantVariance, DiagonalGaussian, FlowGuide, \
+    FullCovariance
 from pyro_vae.models import PRIORS, VAE, Bernoulli
 from pyro_vae.objectives import loss_fn, trace_log_probs
 from pyro_vae.run import load_data, load_run
@@ -441,6 +442,6 @@ def test_monte_carlo_mean_in_chunks_estimates_the_closed_form():
     loc, scale = guide.loc_scale(x)
     with torch.no_grad():
         for samples, chunk in ((250, 100), (300, 300), (7, 3)):
-            estimate = guide._monte_carlo_mean(x, samples, chunk)
+            estimate = AmortizedGuide.mean(guide, x, samples, chunk)
             assert estimate.shape == loc.shape
             assert ((estimate - loc).abs() < 4.5 * scale / math.sqrt(samples)).all(), (samples, chunk)

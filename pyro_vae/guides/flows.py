@@ -169,11 +169,9 @@ class FlowGuide(DiagonalGaussian):
         base, transforms = self.base_and_transforms(x)
         return dist.TransformedDistribution(base, transforms)
 
-    @torch.no_grad()
-    def mean(self, x, samples: int = 1000):  # enough for active units: see AmortizedGuide.mean
-        return self._monte_carlo_mean(x, samples)
-
-    moments = AmortizedGuide.moments  # the base's closed form does not hold after the flow
+    # the base's closed forms do not hold after the flow
+    mean = AmortizedGuide.mean
+    moments = AmortizedGuide.moments
 
 
 def _guide(name, encoder, features, latent_dim, flows, flow_hidden, **options) -> FlowGuide:
