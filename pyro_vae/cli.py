@@ -12,12 +12,16 @@ import os
 import sys
 from pathlib import Path
 
-from . import guides, objectives
 from .config import BINARIZE_CHOICES, DEVICE_CHOICES, RunConfig
 from .data import DATASETS
 from .errors import PyroVAEError
+from .guides import GUIDES
 from .io import write_text_atomic
+from .likelihoods import LIKELIHOODS
 from .models import MODELS
+from .nets import ACTIVATIONS, ARCHITECTURES
+from .objectives import OBJECTIVES
+from .priors import PRIORS
 
 
 class _Parser(argparse.ArgumentParser):
@@ -32,22 +36,37 @@ def _int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+def _option_flag(name: str, option, entries: list[str]) -> tuple:
+    """(flag, field, argparse keywords) of a declared registry option, typed by its default."""
+    default = option.default
+    if isinstance(default, bool):
+        kwargs = dict(action="store_const", const=True)
+    elif isinstance(default, (list, tuple)):
+        kwargs = dict(type=_int_list)
+    else:
+        kwargs = dict(type=type(default))
+    shown = ",".join(map(str, default)) if isinstance(default, (list, tuple)) else default
+    help_text = f"{option.help} (default {shown}; {', '.join(entries)})"
+    return "--" + name.replace("_", "-"), name, dict(help=help_text, **kwargs)
+
+
 # (flag, config field, argparse keywords); defaults live in RunConfig, so a flag left out keeps the
 # value of --config FILE or the dataclass default.
 TRAIN_FLAGS = [
-    ("--dataset", "dataset", dict(help=f"registered name ({', '.join(DATASETS)}) or a .npz/.npy file with array x")),
+    ("--dataset", "dataset", dict(help=f"{DATASETS.choices()}; or a .npz/.npy file with array x (and labels y)")),
     ("--data-dir", "data_dir", dict(help="folder holding MNIST/raw, binarized_mnist/, FreyFaces/ (default $PYRO_VAE_DATA or ./data)")),
     ("--download", "download", dict(action="store_const", const=True, help="let torchvision download MNIST if absent")),
     ("--binarize", "binarize", dict(choices=BINARIZE_CHOICES)),
-    ("--likelihood", "likelihood", dict(help="bernoulli or gaussian (default: the dataset's)")),
-    ("--model", "model", dict(help=f"{' or '.join(MODELS)}: a VAE, or one conditioned on the class label")),
-    ("--arch", "arch", dict(help="mlp or conv")),
+    ("--likelihood", "likelihood", dict(help=f"{LIKELIHOODS.choices()} (default: the dataset's)")),
+    ("--model", "model", dict(help=MODELS.choices())),
+    ("--arch", "arch", dict(help=ARCHITECTURES.choices())),
     ("--hidden", "hidden", dict(type=_int_list, help="hidden sizes, e.g. 500,500")),
-    ("--activation", "activation", dict()),
+    ("--activation", "activation", dict(help=", ".join(ACTIVATIONS))),
     ("--latent-dim", "latent_dim", dict(type=int)),
-    ("--guide", "guide", dict(help=f"registered guide ({', '.join(guides.GUIDES)})")),
-    ("--prior", "prior", dict(help="standard or realnvp (a learned affine-coupling flow prior)")),
-    ("--objective", "objective", dict(help=f"{', '.join(objectives.OBJECTIVES)}")),
+    ("--guide", "guide", dict(help=f"{', '.join(GUIDES)} (`pyro-vae guides` describes them)")),
+    ("--prior", "prior", dict(help=PRIORS.choices())),
+    ("--objective", "objective", dict(help=f"{OBJECTIVES.choices()}. Default: meanfield where every latent site "
+                                          "has a closed-form KL, elbo otherwise")),
     ("--particles", "particles", dict(type=int, help="samples per datapoint (K of iwae)")),
     ("--beta", "beta", dict(type=float, help="KL weight")),
     ("--warmup-epochs", "warmup_epochs", dict(type=int, help="epochs of linear KL annealing up to beta")),
@@ -61,12 +80,9 @@ TRAIN_FLAGS = [
     ("--out", "out", dict(help="run directory to write")),
 ]
 RESUMABLE = {"out", "epochs", "device", "distributed"}
-# Flags stored in RunConfig.guide_options; each guide family says which it takes (`pyro-vae guides`).
-GUIDE_FLAGS = [
-    ("--flows", "flows", dict(type=int, help="number of flow steps K")),
-    ("--flow-hidden", "flow_hidden", dict(type=_int_list, help="hidden sizes of each flow's hypernetwork, e.g. 320,320")),
-    ("--stable", "stable", dict(action="store_const", const=True, help="iaf: the gated, numerically stable update")),
-]
+# Flags stored in RunConfig.guide_options, one per option the guide families declare
+# (`pyro-vae guides` says which family takes which).
+GUIDE_FLAGS = [_option_flag(name, option, entries) for name, (option, entries) in GUIDES.all_options().items()]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -179,16 +195,21 @@ def _conditional(result: dict) -> bool:
     return spec is not None and spec.conditional
 
 
+def _per_site(values: dict, fmt: str) -> str:
+    return "  (" + ", ".join(f"{name} {fmt.format(v)}" for name, v in values.items()) + ")" if len(values) > 1 else ""
+
+
 def format_eval(result: dict) -> str:
     rows = [
         ("run", result["run"]),
         ("split", f"{result['split']} (n={result['n']})"),
         ("ELBO", f"{result['elbo']:.3f} ± {result['elbo_se']:.3f} nats/datapoint"),
         ("  reconstruction", f"{result['recon']:.3f}"),
-        ("  KL", f"{result['kl']:.3f}"),
+        ("  KL", f"{result['kl']:.3f}" + _per_site(result.get("kl_per_site", {}), "{:.3f}")),
         (f"NLL (K={result['iw_samples']})", f"{result['nll']:.3f} ± {result['nll_se']:.3f} nats/datapoint"
                                             + (" (-log p(x|y), given the label)" if _conditional(result) else "")),
-        ("active units", f"{result['active_units']} / {result['latent_dim']}"),
+        ("active units", f"{result['active_units']} / {result['latent_dim']}"
+                         + _per_site(result.get("active_units_per_site", {}), "{}")),
     ]
     return "\n".join(f"{k:<18} {v}" for k, v in rows)
 
@@ -207,7 +228,8 @@ def cmd_evaluate(args) -> int:
     if tuple(data.obs_shape) != checkpoint.obs_shape:
         raise PyroVAEError(f"data shape {data.obs_shape} differs from the run's {checkpoint.obs_shape}")
     pyro.set_rng_seed(args.seed)
-    result = evaluate(checkpoint.pair.model, checkpoint.pair.guide, data.x[args.split].to(device),
+    labels = data.labels(args.split, device) if MODELS[checkpoint.config.model].conditional else None
+    result = evaluate(checkpoint.pair.model, checkpoint.pair.guide, data.observations(args.split, device), labels,
                       iw_samples=args.iw_samples, batch_size=args.batch_size)
     result = {"run": str(args.run_dir), "split": args.split, "dataset": checkpoint.config.dataset,
               "model": checkpoint.config.model, "guide": checkpoint.config.guide, "epoch": checkpoint.train_state.epoch, **result}
@@ -284,7 +306,7 @@ def cmd_diagnose(args) -> int:
 
 
 def cmd_guides(args) -> int:
-    for name, spec in guides.GUIDES.items():
+    for name, spec in GUIDES.items():
         options = ", ".join(f"{k}={v}" for k, v in spec.options().items())
         print(f"{name:<12} {spec.about}  [{spec.reference}]" + (f"\n{'':<12} options: {options}" if options else ""))
     return 0

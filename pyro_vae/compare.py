@@ -1,16 +1,14 @@
 """Side-by-side comparison of guides: the same data, decoder architecture, seed, optimizer and
 budget for each, then the same evaluation, a table, and pictures of the posteriors.
 
-For a 2-D latent the exact posterior p(z|x) of each trained model is computed on a grid and
-normalized by quadrature, which also gives log p(x) to quadrature accuracy: a check on the
-importance-sampled NLL that no higher-dimensional model allows.
+For a 2-D latent the exact posterior p(z|x) of each trained model is computed on a grid
+(:mod:`pyro_vae.exact`), which also gives log p(x) to quadrature accuracy.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from pathlib import Path
 
 import pyro
@@ -21,48 +19,14 @@ from . import models
 from .config import RunConfig
 from .errors import PyroVAEError
 from .evaluate import evaluate
+from .exact import GRID_BOX, grid_posterior
 from .io import write_text_atomic
 from .run import load_data, load_run, resolve_device
 from .train import fit
 
-GRID_BOX = 4.0  # the exact posterior is tabulated on [-4, 4]^2, where a N(0, I) prior keeps its mass
-
 
 def _count(module) -> int:
     return sum(p.numel() for p in module.parameters())
-
-
-@torch.no_grad()
-def grid_posterior(model, x: torch.Tensor, n: int = 120, bounds=(-GRID_BOX, GRID_BOX, -GRID_BOX, GRID_BOX),
-                   max_elements: int = 2**24):
-    """log p(z|x) on an n x n grid over ``bounds`` (x0, x1, y0, y1) for each image, normalized by
-    quadrature, and log p(x) by the same quadrature.
-
-    Returns (axes (2, n), log_post of shape (N, n, n) indexed [image, z2, z1], log_px (N,)).
-    """
-    x0, x1, y0, y1 = bounds
-    axes = torch.stack([torch.linspace(x0, x1, n, device=x.device), torch.linspace(y0, y1, n, device=x.device)])
-    zs = torch.stack(torch.meshgrid(axes[0], axes[1], indexing="xy"), -1).reshape(-1, 2)
-    log_cell = math.log((x1 - x0) / (n - 1)) + math.log((y1 - y0) / (n - 1))
-    chunk = max(1, max_elements // (zs.shape[0] * x.shape[-1]))
-    log_joint = torch.cat([model.log_joint(x[i:i + chunk], zs[:, None, :]).T for i in range(0, x.shape[0], chunk)])
-    log_px = torch.logsumexp(log_joint, -1) + log_cell
-    return axes, (log_joint - log_px[:, None]).reshape(-1, n, n), log_px
-
-
-@torch.no_grad()
-def posterior_window(model, x1: torch.Tensor, n: int = 100, width: float = 4.0):
-    """Grid bounds around one image's posterior: its mean +- ``width`` standard deviations,
-    found on a coarse grid over the default box; returns (x0, x1, y0, y1)."""
-    axes, log_post, _ = grid_posterior(model, x1, n)
-    w = log_post[0].exp()
-    w = w / w.sum()
-    zz = torch.stack(torch.meshgrid(axes[0], axes[1], indexing="xy"), -1)
-    mean = (w[..., None] * zz).sum((0, 1))
-    sd = ((w[..., None] * (zz - mean) ** 2).sum((0, 1))).sqrt().clamp(min=0.05)
-    lo, hi = (mean - width * sd).tolist(), (mean + width * sd).tolist()
-    return lo[0], hi[0], lo[1], hi[1]
-
 
 def _train_or_load(names: list[str], base: RunConfig, out: Path, runs: list[str] | None, progress) -> dict:
     if runs:
@@ -84,7 +48,7 @@ def compare(names: list[str], base: RunConfig, out: str | Path, runs: list[str] 
     ``interpolations.png`` into ``out``; return the table as a dict."""
     for name in names:
         guides_mod.check_name(name)
-    if models.model_spec(base.model).conditional:
+    if models.MODELS[base.model].conditional:
         raise PyroVAEError("compare draws posteriors and interpolations of unconditional models; use --model vae")
     if len(set(names)) != len(names):
         raise PyroVAEError("each guide may appear once in --guides")
@@ -96,13 +60,13 @@ def compare(names: list[str], base: RunConfig, out: str | Path, runs: list[str] 
     loaded = {name: load_run(d, device) for name, d in dirs.items()}
     first = next(iter(loaded.values()))
     for name, run in loaded.items():
-        if run.pair.model.classes:
+        if models.MODELS[run.config.model].conditional:
             raise PyroVAEError(f"run {dirs[name]} is conditional (--model cvae); compare takes unconditional runs")
         if (run.config.dataset, run.obs_shape, run.config.latent_dim) != (first.config.dataset, first.obs_shape,
                                                                            first.config.latent_dim):
             raise PyroVAEError(f"run {dirs[name]} has another dataset or latent size than {dirs[names[0]]}")
     data = load_data(first.config)
-    x_test = data.x["test"].to(device)
+    x_test = data.observations("test", device)
     rows = []
     for name, run in loaded.items():
         pyro.set_rng_seed(base.seed)

@@ -20,8 +20,10 @@ class RunConfig:
     """Everything needed to rebuild a run's data, model, guide and optimizer.
 
     ``likelihood`` and ``binarize`` left as ``None`` take the dataset's defaults (see
-    ``pyro_vae.data.DATASETS``), and ``classes`` (of a conditional model) the number of label
-    classes in the data; the resolved values are stored once training starts.
+    ``pyro_vae.data.DATASETS``), ``classes`` (of a conditional model) the number of label
+    classes in the data, and ``objective`` the analytic-KL ELBO (``meanfield``) where every
+    latent site of the guide has a closed-form KL to the prior, the Monte-Carlo ``elbo``
+    otherwise; the resolved values are stored once training starts.
     """
 
     dataset: str = "digits"
@@ -38,7 +40,7 @@ class RunConfig:
     guide: str = "diag"
     guide_options: dict = field(default_factory=dict)
     prior: str = "standard"
-    objective: str = "elbo"
+    objective: str | None = None
     particles: int = 1
     beta: float = 1.0
     warmup_epochs: int = 0

@@ -1,22 +1,25 @@
 """Dataset registry and the in-memory splits every run trains and evaluates on.
 
-Each loader returns raw splits with values in [0, 1] (or as stored, for a user's file); one place,
-:func:`load`, then applies the binarization and checks what the likelihood needs, so every
-dataset is validated the same way.
+Each loader returns raw splits as stored, (N, *obs_shape) arrays with the divisor that maps them
+to [0, 1] (255 for 8-bit images); one place, :func:`load`, then applies the binarization and
+checks what the likelihood needs, so every dataset is validated the same way. Observations keep
+their shape, (N, C, H, W) for images, and 8-bit or binary sources stay uint8 in memory: they are
+converted to floats per batch, on the device the batch goes to, so a dataset larger than the
+GPU's memory trains.
 """
 
 from __future__ import annotations
 
 import os
 import zipfile
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import torch
 
 from .errors import PyroVAEError
+from .registry import Registry
 
 SPLITS = ("train", "valid", "test")
 # Static binarizations and the fixed splits of unsplit datasets use their own seeds, so every
@@ -27,24 +30,19 @@ _BINARIZE_SEED = 1234
 
 @dataclass
 class Raw:
-    """Unbinarized splits as loaded: x[split] of shape (N, *obs_shape), labels or None."""
+    """Unbinarized splits as loaded: x[split] of shape (N, *obs_shape), labels or None, and the
+    divisor ``scale`` that maps the stored values to [0, 1] (1 for values used as stored)."""
 
     x: dict
     y: dict
     obs_shape: tuple
-
-
-@dataclass
-class DatasetSpec:
-    load: Callable[[Path, bool], Raw]
-    likelihood: str
-    binarize: str
-    about: str
+    scale: float = 1.0
 
 
 @dataclass
 class Data:
-    """Flattened float tensors per split, plus what a run needs to know about them."""
+    """Observations per split as stored, (N, *obs_shape), uint8 where the source is 8-bit or
+    binary; ``scale[split]`` divides them into the values the model sees. Labels (N,) or None."""
 
     name: str
     x: dict
@@ -52,42 +50,66 @@ class Data:
     obs_shape: tuple
     likelihood: str
     binarize: str
-    label_columns: int = 0
+    scale: dict = field(default_factory=lambda: {s: 1.0 for s in SPLITS})
 
     @property
     def obs_dim(self) -> int:
-        """Pixels per observation (a labelled row has ``label_columns`` more columns)."""
+        """Numbers per observation."""
         return int(np.prod(self.obs_shape))
 
-    def with_labels(self, classes: int | None = None) -> "Data":
-        """Rows [pixels | one-hot label] for a model conditioned on the label, with ``classes``
-        columns (default: the largest label + 1). One-hot columns stay 0/1 under dynamic
-        binarization, so batches need no special case."""
-        if any(self.y[s] is None for s in SPLITS):
+    @property
+    def labelled(self) -> bool:
+        return all(self.y.get(s) is not None for s in SPLITS)
+
+    def classes(self) -> int:
+        """The number of label classes: every label an integer 0..C-1 and every class present in
+        the training split, or a :class:`PyroVAEError`."""
+        if not self.labelled:
             raise PyroVAEError(f"a conditional model needs labelled data, and {self.name} has no labels")
+        low = min(int(self.y[s].min()) for s in SPLITS)
         found = max(int(self.y[s].max()) for s in SPLITS) + 1
-        classes = classes or found
-        if min(int(self.y[s].min()) for s in SPLITS) < 0 or found > classes:
-            raise PyroVAEError(f"labels of {self.name} must be integers in [0, {classes}), found up to {found - 1}")
-        x = {s: torch.cat([self.x[s], torch.nn.functional.one_hot(self.y[s], classes).to(self.x[s].dtype)], 1)
-             for s in SPLITS}
-        return replace(self, x=x, label_columns=classes)
+        if low < 0:
+            raise PyroVAEError(f"labels of {self.name} must be integers 0..C-1; found the negative label {low}")
+        missing = sorted(set(range(found)) - set(self.y["train"].unique().tolist()))
+        if missing:
+            raise PyroVAEError(f"labels of {self.name} must be 0..C-1 with every class in the training split; "
+                               f"classes {missing[:5]} are missing (largest label {found - 1})")
+        return found
 
-    def to(self, device) -> "Data":
-        move = lambda d: {k: (v.to(device) if v is not None else None) for k, v in d.items()}  # noqa: E731
-        return replace(self, x=move(self.x), y=move(self.y))
+    def _float(self, x: torch.Tensor, split: str) -> torch.Tensor:
+        x = x.to(torch.get_default_dtype() if not x.dtype.is_floating_point else x.dtype)
+        return x / self.scale[split] if self.scale[split] != 1 else x
 
-    def batches(self, split: str, batch_size: int, shuffle: bool = False) -> Iterator[torch.Tensor]:
-        """Yield batches of ``split``; training batches of dynamically binarized data are
-        resampled each time they are drawn (the global torch RNG, so runs are seeded)."""
-        x = self.x[split]
-        n = x.shape[0]
-        order = torch.randperm(n, device=x.device) if shuffle else None
+    def observations(self, split: str, device=None) -> torch.Tensor:
+        """The whole split as the model scores it, on ``device``: for evaluation. The training split
+        of dynamically binarized data gets one fixed binarization, like validation and test."""
+        x = self._float(self.x[split].to(device), split)
+        if split == "train" and self.binarize == "dynamic":
+            x = torch.from_numpy(_binarize_static(x.cpu().numpy(), split)).to(x)
+        return x
+
+    def labels(self, split: str, device=None):
+        y = self.y.get(split)
+        return None if y is None else y.to(device)
+
+    def batch(self, split: str, rows: torch.Tensor, device=None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(x, y) of ``rows`` on ``device``, converted there; training rows of dynamically binarized
+        data are resampled each time they are drawn (the global torch RNG, so runs are seeded)."""
+        x = self._float(self.x[split][rows].to(device, non_blocking=True), split)
+        if split == "train" and self.binarize == "dynamic":
+            x = torch.bernoulli(x)
+        y = self.y.get(split)
+        return x, (None if y is None else y[rows].to(device, non_blocking=True))
+
+    def batches(self, split: str, batch_size: int, shuffle: bool = False, device=None):
+        """Yield (x, y) batches of ``split``, moved to ``device`` one at a time."""
+        n = self.x[split].shape[0]
+        order = torch.randperm(n) if shuffle else torch.arange(n)
         for start in range(0, n, batch_size):
-            batch = x[order[start:start + batch_size]] if shuffle else x[start:start + batch_size]
-            if split == "train" and self.binarize == "dynamic":
-                batch = torch.bernoulli(batch)
-            yield batch
+            yield self.batch(split, order[start:start + batch_size], device)
+
+
+DATASETS = Registry("dataset")
 
 
 def default_data_dir() -> Path:
@@ -111,9 +133,9 @@ def _load_digits(data_dir: Path, download: bool) -> Raw:
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
-    x = bunch.images.astype(np.float32) / 16.0
+    x = bunch.images.astype(np.uint8)[:, None]  # grey levels 0..16
     xs, ys = _split_fixed(x, bunch.target.astype(np.int64), fractions=(0.7, 0.1, 0.2))
-    return Raw(xs, ys, (1, 8, 8))
+    return Raw(xs, ys, (1, 8, 8), scale=16.0)
 
 
 def _load_mnist(data_dir: Path, download: bool) -> Raw:
@@ -137,12 +159,12 @@ def _load_mnist(data_dir: Path, download: bool) -> Raw:
         raise PyroVAEError(f"MNIST could not be loaded from {raw}: {err}") from None
     except OSError as err:
         raise PyroVAEError(f"MNIST could not be loaded from {raw}: {err}") from None
-    x_train = train.data.numpy().astype(np.float32) / 255.0
+    x_train = train.data.numpy()[:, None]
     y_train = train.targets.numpy().astype(np.int64)
     # The last 10,000 training images are the validation set, as in the papers we compare to.
-    xs = {"train": x_train[:50000], "valid": x_train[50000:], "test": test.data.numpy().astype(np.float32) / 255.0}
+    xs = {"train": x_train[:50000], "valid": x_train[50000:], "test": test.data.numpy()[:, None]}
     ys = {"train": y_train[:50000], "valid": y_train[50000:], "test": test.targets.numpy().astype(np.int64)}
-    return Raw(xs, ys, (1, 28, 28))
+    return Raw(xs, ys, (1, 28, 28), scale=255.0)
 
 
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -159,16 +181,16 @@ def _require_file(path: Path, name: str, download: bool) -> Path:
 def _load_binarized_mnist(data_dir: Path, download: bool) -> Raw:
     path = _require_file(data_dir / "binarized_mnist" / "binarized_mnist.npz", "binarized-mnist", download)
     with np.load(path) as d:
-        xs = {s: np.unpackbits(d[s], axis=1, count=784).astype(np.float32).reshape(-1, 28, 28) for s in SPLITS}
+        xs = {s: np.unpackbits(d[s], axis=1, count=784).reshape(-1, 1, 28, 28) for s in SPLITS}
     return Raw(xs, {s: None for s in SPLITS}, (1, 28, 28))
 
 
 def _load_frey(data_dir: Path, download: bool) -> Raw:
     path = _require_file(data_dir / "FreyFaces" / "frey_faces.npz", "frey", download)
     with np.load(path) as d:
-        x = d["ff"].T.reshape(-1, 28, 20).astype(np.float32) / 255.0
+        x = d["ff"].T.reshape(-1, 1, 28, 20)
     xs, ys = _split_fixed(x, None)
-    return Raw(xs, ys, (1, 28, 20))
+    return Raw(xs, ys, (1, 28, 20), scale=255.0)
 
 
 def load_array_file(path: Path) -> Raw:
@@ -187,25 +209,34 @@ def load_array_file(path: Path) -> Raw:
     if "x" not in arrays:
         raise PyroVAEError(f"{path} has no array 'x' (found: {', '.join(sorted(arrays)) or 'nothing'})")
     x, y = arrays["x"], arrays.get("y")
-    if x.ndim not in (2, 3, 4) or x.shape[0] == 0 or (x.ndim == 4 and x.shape[1] != 1):
-        raise PyroVAEError(f"'x' in {path} must have shape (N, D), (N, H, W) or (N, 1, H, W); got {x.shape}")
+    if x.ndim not in (2, 3, 4) or 0 in x.shape:
+        raise PyroVAEError(f"'x' in {path} must have shape (N, D), (N, H, W) or (N, C, H, W); got {x.shape}")
     if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
         raise PyroVAEError(f"'x' in {path} must be real numbers, got dtype {x.dtype}")
-    if y is not None and (y.ndim != 1 or y.shape[0] != x.shape[0]):
-        raise PyroVAEError(f"'y' in {path} must have shape ({x.shape[0]},), got {y.shape}")
-    obs_shape = (x.shape[1],) if x.ndim == 2 else (1,) + tuple(x.shape[-2:])
-    xs, ys = _split_fixed(x.astype(np.float32), None if y is None else y.astype(np.int64))
+    if y is not None:
+        if y.ndim != 1 or y.shape[0] != x.shape[0]:
+            raise PyroVAEError(f"'y' in {path} must have shape ({x.shape[0]},), got {y.shape}")
+        if not (np.issubdtype(y.dtype, np.integer) or (np.issubdtype(y.dtype, np.floating) and np.isfinite(y).all()
+                                                       and (y == np.round(y)).all())):
+            raise PyroVAEError(f"'y' in {path} must hold integer labels, got dtype {y.dtype}"
+                               + ("" if not np.issubdtype(y.dtype, np.floating) else " with non-integer values"))
+    obs_shape = tuple(x.shape[1:]) if x.ndim != 3 else (1,) + tuple(x.shape[1:])
+    x = x.reshape((x.shape[0],) + obs_shape)
+    # 8-bit arrays stay 8-bit in memory; values are used as stored
+    x = x if x.dtype == np.uint8 else x.astype(np.float32)
+    xs, ys = _split_fixed(x, None if y is None else y.astype(np.int64))
     return Raw(xs, ys, obs_shape)
 
 
-DATASETS: dict[str, DatasetSpec] = {
-    "digits": DatasetSpec(_load_digits, "bernoulli", "dynamic",
-                          "scikit-learn's bundled 8x8 handwritten digits (1797 images, no download)"),
-    "mnist": DatasetSpec(_load_mnist, "bernoulli", "dynamic", "MNIST 28x28, torchvision layout under DATA_DIR/MNIST/raw"),
-    "binarized-mnist": DatasetSpec(_load_binarized_mnist, "bernoulli", "none",
-                                   "Larochelle-Murray statically binarized MNIST (DATA_DIR/binarized_mnist)"),
-    "frey": DatasetSpec(_load_frey, "gaussian", "none", "Frey faces 28x20 grey levels (DATA_DIR/FreyFaces)"),
-}
+DATASETS.add("digits", _load_digits, "scikit-learn's bundled 8x8 handwritten digits (1797 images, no download)",
+             likelihood="bernoulli", binarize="dynamic")
+DATASETS.add("mnist", _load_mnist, "MNIST 28x28, torchvision layout under DATA_DIR/MNIST/raw",
+             likelihood="bernoulli", binarize="dynamic")
+DATASETS.add("binarized-mnist", _load_binarized_mnist,
+             "Larochelle-Murray statically binarized MNIST (DATA_DIR/binarized_mnist)", likelihood="bernoulli",
+             binarize="none")
+DATASETS.add("frey", _load_frey, "Frey faces 28x20 grey levels (DATA_DIR/FreyFaces)", likelihood="gaussian",
+             binarize="none")
 
 
 def _is_file_name(name: str) -> bool:
@@ -217,7 +248,7 @@ def resolve_defaults(name: str, likelihood: str | None, binarize: str | None, ra
     if name in DATASETS:
         spec = DATASETS[name]
         return likelihood or spec.likelihood, binarize or spec.binarize
-    binary = raw is not None and all(np.isin(v, (0.0, 1.0)).all() for v in raw.x.values())
+    binary = raw is not None and all(np.isin(v, (0, raw.scale)).all() for v in raw.x.values())
     return likelihood or ("bernoulli" if binary else "gaussian"), binarize or "none"
 
 
@@ -240,25 +271,27 @@ def load(name: str, data_dir: str | Path | None = None, download: bool = False,
     """
     check_name(name)
     data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
-    raw = DATASETS[name].load(data_dir, download) if name in DATASETS else load_array_file(Path(name))
+    raw = DATASETS[name].build(data_dir, download) if name in DATASETS else load_array_file(Path(name))
     likelihood, binarize = resolve_defaults(name, likelihood, binarize, raw)
-    xs = {}
+    xs, scales = {}, {}
     for split in SPLITS:
-        x = raw.x[split].reshape(raw.x[split].shape[0], -1).astype(np.float32)
-        if not np.isfinite(x).all():
+        x, scale = raw.x[split], raw.scale
+        if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
             raise PyroVAEError(f"the {split} split of {name} contains NaN or Inf values")
         if binarize != "none":
             if likelihood != "bernoulli":
                 raise PyroVAEError(f"--binarize {binarize} needs --likelihood bernoulli (got {likelihood})")
-            if x.min() < 0 or x.max() > 1:
-                raise PyroVAEError(f"--binarize {binarize} needs values in [0, 1]; {name} has [{x.min():g}, {x.max():g}]")
+            if x.min() < 0 or x.max() > scale:
+                raise PyroVAEError(f"--binarize {binarize} needs values in [0, 1]; {name} has "
+                                   f"[{x.min() / scale:g}, {x.max() / scale:g}]")
             if binarize == "static" or split != "train":
-                x = _binarize_static(x, split)
-        elif likelihood == "bernoulli" and not np.isin(x, (0.0, 1.0)).all():
-            raise PyroVAEError(
-                f"{name} is not binary but --likelihood bernoulli with --binarize none was asked; "
-                "use --binarize dynamic|static or --likelihood gaussian"
-            )
-        xs[split] = torch.from_numpy(x)
+                x, scale = _binarize_static(x.astype(np.float32) / np.float32(scale), split).astype(np.uint8), 1.0
+        elif likelihood == "bernoulli":
+            if not np.isin(x, (0, scale)).all():
+                raise PyroVAEError(
+                    f"{name} is not binary but --likelihood bernoulli with --binarize none was asked; "
+                    "use --binarize dynamic|static or --likelihood gaussian")
+            x, scale = (x / scale).astype(np.uint8), 1.0  # 0/1, stored in a byte
+        xs[split], scales[split] = torch.from_numpy(np.ascontiguousarray(x)), float(scale)
     ys = {s: (torch.from_numpy(raw.y[s]) if raw.y.get(s) is not None else None) for s in SPLITS}
-    return Data(name, xs, ys, tuple(raw.obs_shape), likelihood, binarize)
+    return Data(name, xs, ys, tuple(raw.obs_shape), likelihood, binarize, scales)

@@ -18,15 +18,25 @@ with warnings.catch_warnings():
 from .io import atomic_path
 
 
-def inference_data(draws: dict[str, np.ndarray], images: list[int]) -> az.InferenceData:
-    """One InferenceData whose posterior variable ``z`` has dims (chain, draw, source, image,
-    z_dim): the reference posterior and each guide's q(z|x) side by side as ``source``
-    coordinates (all with the same chains x draws shape)."""
+def inference_data(draws: dict[str, np.ndarray], images: list[int], layout: dict | None = None,
+                   shapes: dict | None = None) -> az.InferenceData:
+    """One InferenceData with a posterior variable per latent site, of dims (chain, draw, source,
+    image, <site>_dim...): the reference posterior and each guide's q(z|x) side by side as
+    ``source`` coordinates. ``draws`` are (chains, draws, N, L) arrays, the sites flattened and
+    joined as ``layout`` (site -> columns) says, each of event shape ``shapes[site]``; without
+    a layout, one site ``z``."""
     sources = list(draws)
-    z = np.stack([draws[s] for s in sources], axis=2)
-    return az.from_dict(posterior={"z": z},
-                        coords={"source": sources, "image": list(images), "z_dim": list(range(z.shape[-1]))},
-                        dims={"z": ["source", "image", "z_dim"]})
+    joined = np.stack([draws[s] for s in sources], axis=2)
+    layout = layout or {"z": slice(0, joined.shape[-1])}
+    shapes = shapes or {name: (cols.stop - cols.start,) for name, cols in layout.items()}
+    posterior, coords, dims = {}, {"source": sources, "image": list(images)}, {}
+    for name, cols in layout.items():
+        shape = tuple(shapes[name])
+        posterior[name] = joined[..., cols].reshape(joined.shape[:4] + shape)
+        event_dims = [f"{name}_dim" if len(shape) == 1 else f"{name}_dim{k}" for k in range(len(shape))]
+        coords.update({d: list(range(n)) for d, n in zip(event_dims, shape)})
+        dims[name] = ["source", "image", *event_dims]
+    return az.from_dict(posterior=posterior, coords=coords, dims=dims)
 
 
 def save_netcdf(idata: az.InferenceData, path: Path) -> Path:

@@ -125,11 +125,12 @@ class Single:
         return max(1, n // batch_size)
 
     def train_batches(self, data, batch_size: int, seed: int, epoch: int):
-        """Shuffled full batches; the last partial one is dropped so every step has one shape."""
+        """Shuffled full (x, y) batches on this process's device; the last partial one is dropped so
+        every step has one shape."""
         n = data.x["train"].shape[0]
         full = n // batch_size if n >= batch_size else 1
         size = min(batch_size, n)
-        for i, batch in enumerate(data.batches("train", size, shuffle=True)):
+        for i, batch in enumerate(data.batches("train", size, shuffle=True, device=self.device)):
             if i == full:
                 break
             yield batch
@@ -138,9 +139,9 @@ class Single:
         """The summed loss of a step over all ranks, and the number of rows it covers."""
         return value.item() * n, n
 
-    def average(self, mean_of, x: torch.Tensor) -> float:
-        """``mean_of(x)``, a mean over the rows of ``x``."""
-        return mean_of(x)
+    def average(self, mean_of, rows: torch.Tensor) -> float:
+        """``mean_of(rows)``, a mean over ``rows`` (indices of a split)."""
+        return mean_of(rows)
 
     def barrier(self) -> None:
         pass
@@ -195,33 +196,29 @@ class Group(Single):
     def train_batches(self, data, batch_size: int, seed: int, epoch: int):
         """This rank's full batches of the epoch (``DistributedSampler`` with ``drop_last``: every
         rank gets n // world_size rows, hence the same number of steps)."""
-        x = data.x["train"]
-        sampler = DistributedSampler(range(x.shape[0]), num_replicas=self.world_size, rank=self.rank, shuffle=True,
-                                     seed=seed, drop_last=True)
+        sampler = DistributedSampler(range(data.x["train"].shape[0]), num_replicas=self.world_size, rank=self.rank,
+                                     shuffle=True, seed=seed, drop_last=True)
         sampler.set_epoch(epoch)
-        rows = torch.tensor(list(sampler), dtype=torch.long, device=x.device)
+        rows = torch.tensor(list(sampler), dtype=torch.long)
         size = min(batch_size, rows.shape[0])
         for start in range(0, rows.shape[0] - size + 1, size):
-            batch = x[rows[start:start + size]]
-            if data.binarize == "dynamic":
-                batch = torch.bernoulli(batch)
-            yield batch
+            yield data.batch("train", rows[start:start + size], self.device)
 
-    def _sum(self, values: list, like: torch.Tensor) -> torch.Tensor:
+    def _sum(self, values: list) -> torch.Tensor:
         # float64, so that row counts stay exact and sums lose nothing to the reduction
-        t = torch.tensor(values, dtype=torch.float64, device=like.device)
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
         dist.all_reduce(t)
         return t
 
     def loss_sum(self, value: torch.Tensor, n: int) -> tuple[float, int]:
         # every rank checks the same global number, so all of them stop on a NaN together
-        total, count = self._sum([value.item() * n, n], value).tolist()
+        total, count = self._sum([value.item() * n, n]).tolist()
         return total, int(count)
 
-    def average(self, mean_of, x: torch.Tensor) -> float:
-        share = torch.tensor_split(x, self.world_size)[self.rank]
+    def average(self, mean_of, rows: torch.Tensor) -> float:
+        share = torch.tensor_split(rows, self.world_size)[self.rank]
         local = mean_of(share) * share.shape[0] if share.shape[0] else 0.0
-        total, count = self._sum([local, share.shape[0]], x)
+        total, count = self._sum([local, share.shape[0]])
         mean = total / count
         # rank 0's number, bit for bit, on every rank: early stopping must decide alike everywhere
         dist.broadcast(mean, src=0)

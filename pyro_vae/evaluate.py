@@ -1,8 +1,9 @@
 """Bounds and likelihood estimates of a trained model, in nats per datapoint.
 
 Everything is computed from one set of importance weights w_k = p(x, z_k) / q(z_k|x), z_k ~ q,
-with the very distributions the model's and guide's sample sites use, so the estimate is that of
-the model and guide actually trained:
+read from the Pyro traces of the model's and guide's sample sites (any pair of the model
+contract, :mod:`pyro_vae.contract`; z stands for all latent sites together), so the estimate is
+that of the model and guide actually trained:
 
 - ELBO = mean_k log w_k (a lower bound on log p(x)); reconstruction E_q log p(x|z) and
   KL = E_q[log q(z|x) - log p(z)] are its two terms, estimated from the same samples;
@@ -22,24 +23,45 @@ from contextlib import nullcontext
 
 import torch
 
+from . import contract
+from .errors import PyroVAEError
+
 # Active units (Burda et al. 2016): a latent dimension whose posterior mean varies with x.
 ACTIVE_UNIT_THRESHOLD = 0.01
 
 
-def log_weight_terms(model, guide, x: torch.Tensor, samples: int) -> dict[str, torch.Tensor]:
+def fast_path(model, guide) -> bool:
+    """Whether the pair is the suite's single-site kind, scored directly (see ``log_weight_terms``)."""
+    return callable(getattr(model, "log_terms", None)) and callable(getattr(guide, "dist", None))
+
+
+def log_weight_terms(model, guide, x: torch.Tensor, samples: int, y=None) -> dict:
     """One vectorized draw of ``samples`` particles: each term has shape (samples, N).
 
-    Returns log p(x|z) ("log_lik", observed sites), log p(z) ("log_prior", latent sites of the
-    model) and log q(z|x) ("log_q"), unscaled: bounds are reported at beta = 1.
+    Returns log p(x|z) ("log_lik", the observed sites), log p(z) ("log_prior", the latent sites of
+    the model) and log q(z|x) ("log_q"), each summed over sites, and per latent site ("sites":
+    name -> (log p, log q)); unscaled: bounds are reported at beta = 1.
     """
-    # Scored directly rather than read from Pyro traces (``objectives.trace_log_probs``, which gives
-    # the same numbers; a test checks it for every model and guide): at thousands of particles the
-    # trace bookkeeping per chunk, and terms such as log sigma that a plate-expanded distribution
-    # recomputes for every particle, made the estimator ~8% slower than plain tensor code.
-    q = guide.dist(x)
-    z = q.rsample((samples,)) if q.has_rsample else q.sample((samples,))
-    log_prior, log_lik = model.log_terms(x, z)
-    return {"log_lik": log_lik, "log_prior": log_prior, "log_q": q.log_prob(z)}
+    if fast_path(model, guide):
+        # The suite's single-site models are scored directly rather than through the traces of
+        # ``contract.site_terms`` (the same numbers from the same random stream; a test checks it
+        # for every model and guide): at thousands of particles the trace bookkeeping per chunk,
+        # and terms such as log sigma that a plate-expanded distribution recomputes for every
+        # particle, made the estimator slower (benchmarks/evaluation.py measures both paths).
+        q = guide.dist(x, y)
+        z = q.rsample((samples,)) if q.has_rsample else q.sample((samples,))
+        log_prior, log_lik = model.log_terms(x, z, y)
+        log_q = q.log_prob(z)
+        return {"log_lik": log_lik, "log_prior": log_prior, "log_q": log_q, "sites": {"z": (log_prior, log_q)}}
+    return trace_weight_terms(model, guide, x, samples, y)
+
+
+def trace_weight_terms(model, guide, x: torch.Tensor, samples: int, y=None) -> dict:
+    """``log_weight_terms`` through Pyro's traces: the path for any pair of the model contract."""
+    terms = contract.site_terms(model, guide, x, y, particles=samples)
+    sites = terms["latent"]
+    return {"log_lik": terms["log_lik"], "log_prior": sum(p for p, _ in sites.values()),
+            "log_q": sum(q for _, q in sites.values()), "sites": sites}
 
 
 @functools.cache
@@ -67,26 +89,34 @@ def _chunk_size(samples: int, batch: int, elements_per_sample: int, max_elements
 
 
 @torch.no_grad()
-def per_datapoint(model, guide, x: torch.Tensor, samples: int, max_elements: int = 2**23) -> dict[str, torch.Tensor]:
-    """Per-datapoint ELBO, its two terms and the K-sample log p(x) estimate, each of shape (N,)."""
+def per_datapoint(model, guide, x: torch.Tensor, samples: int, max_elements: int = 2**23, y=None,
+                  weight_terms=None) -> dict[str, torch.Tensor]:
+    """Per-datapoint ELBO, its two terms, the KL of each latent site ("kl_sites") and the K-sample
+    log p(x) estimate, each of shape (N,). ``weight_terms`` replaces ``log_weight_terms``."""
     retain_freed_memory()
-    chunk = _chunk_size(samples, x.shape[0], 4 * x.shape[-1], max_elements)
-    lse = torch.full((x.shape[0],), -math.inf, dtype=x.dtype, device=x.device)
+    weight_terms = weight_terms or log_weight_terms
+    chunk = _chunk_size(samples, x.shape[0], 4 * x[0].numel(), max_elements)
+    lse = torch.full((x.shape[0],), -math.inf, dtype=torch.get_default_dtype() if not x.dtype.is_floating_point
+                     else x.dtype, device=x.device)
     sums = {"log_lik": 0.0, "log_prior": 0.0, "log_q": 0.0}
+    kl_sites: dict = {}
     done = 0
-    reuse = guide.reuse_features(x) if hasattr(guide, "reuse_features") else nullcontext()
+    reuse = guide.reuse_features(x, y) if hasattr(guide, "reuse_features") else nullcontext()
     with reuse:
         while done < samples:
             k = min(chunk, samples - done)
-            terms = log_weight_terms(model, guide, x, k)
+            terms = weight_terms(model, guide, x, k, y)
             log_w = terms["log_lik"] + terms["log_prior"] - terms["log_q"]
             lse = torch.logaddexp(lse, torch.logsumexp(log_w, dim=0))
             for key in sums:
                 sums[key] = sums[key] + terms[key].sum(0)
+            for name, (log_p, log_q) in terms["sites"].items():
+                kl_sites[name] = kl_sites.get(name, 0.0) + (log_q - log_p).sum(0)
             done += k
     recon = sums["log_lik"] / samples
     kl = (sums["log_q"] - sums["log_prior"]) / samples
-    return {"log_px": lse - math.log(samples), "elbo": recon - kl, "recon": recon, "kl": kl}
+    return {"log_px": lse - math.log(samples), "elbo": recon - kl, "recon": recon, "kl": kl,
+            "kl_sites": {name: v / samples for name, v in kl_sites.items()}}
 
 
 def _mean_se(values: torch.Tensor) -> tuple[float, float]:
@@ -95,37 +125,67 @@ def _mean_se(values: torch.Tensor) -> tuple[float, float]:
     return values.mean().item(), se
 
 
-@torch.no_grad()
-def active_units(guide, x: torch.Tensor, batch_size: int = 500) -> tuple[int, torch.Tensor]:
-    """Number of latent dimensions with Cov_x(E_q[z_i|x]) > 0.01, and those variances."""
-    means = torch.cat([guide.mean(x[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)])
-    variances = means.var(0, unbiased=True) if means.shape[0] > 1 else torch.zeros_like(means[0])
-    return int((variances > ACTIVE_UNIT_THRESHOLD).sum()), variances
+def _rows(y, i: int, j: int):
+    return None if y is None else y[i:j]
 
 
 @torch.no_grad()
-def evaluate(model, guide, x: torch.Tensor, iw_samples: int = 5000, batch_size: int = 100,
-             max_elements: int = 2**23) -> dict:
-    """Test bounds of (model, guide) on ``x`` (N, D), nats per datapoint.
-
-    Returns ``elbo`` (a lower bound: negative for discrete data) with ``elbo_se``, ``recon``,
-    ``kl``, ``nll`` = -log p(x) estimated with ``iw_samples`` importance samples and its standard
-    error ``nll_se`` over datapoints, ``active_units``, ``latent_dim`` and ``n``.
-    """
-    modes = model.training, guide.training
-    model.eval()
-    guide.eval()
-    parts = [per_datapoint(model, guide, x[i:i + batch_size], iw_samples, max_elements)
+def active_units_per_site(guide, x: torch.Tensor, y=None, batch_size: int = 500) -> dict[str, tuple[int, torch.Tensor]]:
+    """Per latent site: the number of dimensions with Cov_x(E_q[z_i|x]) > 0.01, and those variances."""
+    parts = [contract.site_means(guide, x[i:i + batch_size], _rows(y, i, i + batch_size))
              for i in range(0, x.shape[0], batch_size)]
-    per = {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
+    out = {}
+    for name in parts[0]:
+        means = torch.cat([p[name] for p in parts])
+        variances = means.var(0, unbiased=True) if means.shape[0] > 1 else torch.zeros_like(means[0])
+        out[name] = (int((variances > ACTIVE_UNIT_THRESHOLD).sum()), variances)
+    return out
+
+
+@torch.no_grad()
+def active_units(guide, x: torch.Tensor, batch_size: int = 500, y=None) -> tuple[int, torch.Tensor]:
+    """Active units over all latent sites, and the variances of their posterior means (concatenated)."""
+    per_site = active_units_per_site(guide, x, y, batch_size)
+    return sum(n for n, _ in per_site.values()), torch.cat([v for _, v in per_site.values()])
+
+
+@torch.no_grad()
+def evaluate(model, guide, x: torch.Tensor, y=None, iw_samples: int = 5000, batch_size: int = 100,
+             max_elements: int = 2**23) -> dict:
+    """Test bounds of any (model, guide) pair of the model contract on ``x`` (N, ...), with side
+    information ``y`` (N,) where the pair takes it; nats per datapoint.
+
+    Returns ``elbo`` (a lower bound: negative for discrete data) with ``elbo_se``, its terms
+    ``recon`` (all observed sites) and ``kl`` (all latent sites), ``kl_per_site``, ``nll`` =
+    -log p(x) estimated with ``iw_samples`` importance samples and its standard error ``nll_se``
+    over datapoints, ``active_units`` (and ``active_units_per_site``), ``latent_dim`` (summed
+    over sites; ``latent_dims`` per site) and ``n``.
+    """
+    if not isinstance(iw_samples, int) or iw_samples <= 0:
+        raise PyroVAEError(f"iw_samples must be a positive integer, got {iw_samples!r}")
+    if y is not None and len(y) != x.shape[0]:
+        raise PyroVAEError(f"y has {len(y)} rows for {x.shape[0]} observations")
+    modules = [m for m in (model, guide) if isinstance(m, torch.nn.Module)]
+    modes = [m.training for m in modules]
+    for m in modules:
+        m.eval()
+    try:
+        parts = [per_datapoint(model, guide, x[i:i + batch_size], iw_samples, max_elements, y=_rows(y, i, i + batch_size))
+                 for i in range(0, x.shape[0], batch_size)]
+        units = active_units_per_site(guide, x, y)
+    finally:
+        for m, mode in zip(modules, modes):
+            m.train(mode)
+    per = {key: torch.cat([p[key] for p in parts]) for key in ("log_px", "elbo", "recon", "kl")}
     elbo, elbo_se = _mean_se(per["elbo"])
     log_px, log_px_se = _mean_se(per["log_px"])
-    au, _ = active_units(guide, x)
-    model.train(modes[0])
-    guide.train(modes[1])
+    kl_sites = {name: torch.cat([p["kl_sites"][name] for p in parts]).mean().item() for name in parts[0]["kl_sites"]}
     return {
         "elbo": elbo, "elbo_se": elbo_se,
-        "recon": per["recon"].mean().item(), "kl": per["kl"].mean().item(),
+        "recon": per["recon"].mean().item(), "kl": per["kl"].mean().item(), "kl_per_site": kl_sites,
         "nll": -log_px, "nll_se": log_px_se, "iw_samples": iw_samples,
-        "active_units": au, "latent_dim": guide.latent_dim, "n": int(x.shape[0]),
+        "active_units": sum(n for n, _ in units.values()),
+        "active_units_per_site": {name: n for name, (n, _) in units.items()},
+        "latent_dim": sum(v.numel() for _, v in units.values()),
+        "latent_dims": {name: v.numel() for name, (_, v) in units.items()}, "n": int(x.shape[0]),
     }

@@ -1,138 +1,23 @@
-"""The Pyro model p(z) p(x|z): priors and likelihoods registries, and the VAE model module.
+"""Generative models p(z) p(x|z) (and p(x|z, y)) as Pyro models, and the models registry.
 
-Every sample site sits inside one ``pyro.plate("data", N)`` so bounds are per datapoint, and the
-KL weight beta scales the latent site in model and guide alike (``poutine.scale``), which gives
-the beta-VAE objective E_q[log p(x|z)] - beta KL(q||p).
+A model is called as ``model(x, y=None)``; every per-datapoint sample site sits inside one
+``pyro.plate("data", N)``, so bounds are per datapoint. Observations keep their shape
+(N, *obs_shape); the label ``y`` (N,) is an argument, never part of the observation. The KL
+weight beta of training is applied from outside (``contract.scale_latents``), not here.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-
 import pyro
-import pyro.distributions as dist
-import pyro.distributions.transforms as T
 import torch
 import torch.nn.functional as F
-from pyro import poutine
 from torch import nn
-from torch.distributions.utils import broadcast_all
 
 from . import nets
 from .errors import PyroVAEError
-
-
-class BernoulliLogits(dist.Bernoulli):
-    """Pyro's Bernoulli, scored without one full-size temporary.
-
-    torch's ``log_prob`` negates the (particles, N, pixels) cross-entropy out of place. That extra
-    buffer per draw is enough for glibc to hand the large per-chunk buffers back to the kernel and
-    fault them in again on every chunk of an importance-sampled NLL (one of the reasons the suite's
-    estimator took 1.2x the hand-written one in benchmarks/evaluation.py). Negating in place gives
-    the same number and the same gradient: the cross-entropy's backward does not read its output.
-    """
-
-    def log_prob(self, value):
-        if self._validate_args:
-            self._validate_sample(value)
-        logits, value = broadcast_all(self.logits, value)
-        return F.binary_cross_entropy_with_logits(logits, value, reduction="none").neg_()
-
-
-class Bernoulli(nn.Module):
-    """Independent Bernoulli pixels; the decoder gives logits."""
-
-    outputs_per_pixel = 1
-
-    def forward(self, out: torch.Tensor) -> dist.TorchDistribution:
-        return BernoulliLogits(logits=out).to_event(1)
-
-    def mean(self, out: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(out)
-
-
-class Gaussian(nn.Module):
-    """Independent Gaussian pixels with a decoded, learned scale kept above ``min_scale``:
-    a continuous density is unbounded as its scale shrinks, so the floor keeps the bound finite."""
-
-    outputs_per_pixel = 2
-
-    def __init__(self, min_scale: float = 0.01):
-        super().__init__()
-        self.min_scale = float(min_scale)
-
-    def forward(self, out: torch.Tensor) -> dist.TorchDistribution:
-        loc, raw_scale = out.chunk(2, dim=-1)
-        return dist.Normal(loc, self.min_scale + F.softplus(raw_scale)).to_event(1)
-
-    def mean(self, out: torch.Tensor) -> torch.Tensor:
-        return out.chunk(2, dim=-1)[0]
-
-
-LIKELIHOODS = {
-    "bernoulli": lambda config: Bernoulli(),
-    "gaussian": lambda config: Gaussian(config.min_scale),
-}
-
-
-class StandardNormal(nn.Module):
-    """p(z) = N(0, I)."""
-
-    def __init__(self, latent_dim: int):
-        super().__init__()
-        self.register_buffer("loc", torch.zeros(latent_dim))
-        self.register_buffer("scale", torch.ones(latent_dim))
-
-    def forward(self) -> dist.TorchDistribution:
-        return dist.Normal(self.loc, self.scale).to_event(1)
-
-
-class RealNVPPrior(StandardNormal):
-    """A learned prior: N(0, I) pushed through K affine couplings, reversed between steps.
-
-    The model scores guide samples under p(z), which needs log p at arbitrary z, so only flows
-    with an analytic inverse qualify; affine couplings invert in one pass.
-
-    References: Xu et al. 2019, "Learning Priors for Variational Autoencoders" / "On the
-    necessity and effectiveness of learning the prior of variational auto-encoders",
-    arXiv:1905.13452; Dinh et al. 2017, arXiv:1605.08803.
-    """
-
-    def __init__(self, latent_dim: int, flows: int = 4, hidden: tuple = (64, 64)):
-        if latent_dim < 2:
-            raise PyroVAEError("--prior realnvp needs --latent-dim of at least 2 (a coupling splits z in two)")
-        super().__init__(latent_dim)
-        self.couplings = nn.ModuleList(T.affine_coupling(latent_dim, hidden_dims=list(hidden)) for _ in range(flows))
-        self.register_buffer("reverse", torch.arange(latent_dim - 1, -1, -1))
-
-    def forward(self) -> dist.TorchDistribution:
-        transforms = []
-        for i, coupling in enumerate(self.couplings):
-            if i > 0:
-                transforms.append(T.Permute(self.reverse))
-            transforms.append(coupling)
-        return dist.TransformedDistribution(super().forward(), transforms)
-
-
-PRIORS = {
-    "standard": lambda config: StandardNormal(config.latent_dim),
-    "realnvp": lambda config: RealNVPPrior(config.latent_dim),
-}
-
-
-def _lookup(table: dict, kind: str, name: str):
-    if name not in table:
-        raise PyroVAEError(f"unknown {kind} {name!r}; choose from {', '.join(table)}")
-    return table[name]
-
-
-def likelihood(name: str, config) -> nn.Module:
-    return _lookup(LIKELIHOODS, "likelihood", name)(config)
-
-
-def prior(name: str, config) -> nn.Module:
-    return _lookup(PRIORS, "prior", name)(config)
+from .likelihoods import LIKELIHOODS, Bernoulli, BernoulliLogits, Gaussian  # noqa: F401 (re-exported)
+from .priors import PRIORS, RealNVPPrior, StandardNormal  # noqa: F401 (re-exported)
+from .registry import Registry
 
 
 class VAE(nn.Module):
@@ -145,69 +30,69 @@ class VAE(nn.Module):
         self.decoder, self.likelihood, self.prior = decoder, likelihood, prior
         self.latent_dim = latent_dim
 
-    @classmethod
-    def build(cls, config, obs_shape: tuple, likelihood: nn.Module, prior: nn.Module):
-        """(model, encoder trunk, its feature size) for ``config`` and data of shape ``obs_shape``."""
-        encoder, features, decoder = nets.build(config.arch, obs_shape, config.latent_dim, config.hidden,
-                                                config.activation, likelihood.outputs_per_pixel)
-        return cls(decoder, likelihood, prior, config.latent_dim), encoder, features
+    def _decode(self, z: torch.Tensor, y=None) -> torch.Tensor:
+        return self.decoder(z)
 
-    def forward(self, x: torch.Tensor, beta=1.0):
+    def forward(self, x: torch.Tensor, y=None):
         with pyro.plate("data", x.shape[0]):
-            with poutine.scale(scale=beta):
-                z = pyro.sample("z", self.prior())
-            pyro.sample("x", self.likelihood(self.decoder(z)), obs=x)
+            z = pyro.sample("z", self.prior())
+            pyro.sample("x", self.likelihood(self._decode(z, y)), obs=x)
         return z
 
-    def log_terms(self, x: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(log p(z), log p(x|z)), broadcasting the leading dimensions of z (..., L) and x (..., D):
-        the densities of ``forward``'s two sites, scored outside a trace."""
-        return self.prior().log_prob(z), self.likelihood(self.decoder(z)).log_prob(x)
+    def log_terms(self, x: torch.Tensor, z: torch.Tensor, y=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log p(z), log p(x|z)) for draws z (..., N, L) of the one latent site: the densities of
+        ``forward``'s two sites, scored outside a trace (the evaluation's single-site fast path,
+        tested equal to the trace path)."""
+        return self.prior().log_prob(z), self.likelihood(self._decode(z, y)).log_prob(x)
 
-    def log_joint(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """log p(z) + log p(x|z), broadcasting as ``log_terms``."""
-        log_prior, log_lik = self.log_terms(x, z)
-        return log_prior + log_lik
-
-    @torch.no_grad()
-    def sample(self, n: int) -> torch.Tensor:
-        """Mean images E[x|z] for z drawn from the prior, shape (n, D)."""
-        z = self.prior().sample((n,))
-        return self.likelihood.mean(self.decoder(z))
+    def _device(self) -> torch.device:
+        return next(self.decoder.parameters()).device
 
     @torch.no_grad()
-    def decode_mean(self, z: torch.Tensor) -> torch.Tensor:
-        return self.likelihood.mean(self.decoder(z))
+    def sample(self, n: int, y=None) -> torch.Tensor:
+        """Mean images E[x|z] for z drawn from the prior, shape (n, *obs_shape)."""
+        return self.decode_mean(self.prior().sample((n,)), y)
 
     @torch.no_grad()
-    def reconstruct(self, guide, x: torch.Tensor) -> torch.Tensor:
-        """E[x|z] for one z ~ q(z|x) per row of ``x``."""
-        return self.decode_mean(guide.dist(x).sample())
+    def decode_mean(self, z: torch.Tensor, y=None) -> torch.Tensor:
+        return self.likelihood.mean(self._decode(z, y))
 
-    def images(self, x: torch.Tensor) -> torch.Tensor:
-        """The pixels of observations ``x``, as drawn and scored."""
-        return x
+    @torch.no_grad()
+    def reconstruct(self, guide, x: torch.Tensor, y=None) -> torch.Tensor:
+        """E[x|z, y] for one z ~ q(z|x, y) per row of ``x``."""
+        return self.decode_mean(guide.dist(x, y).sample(), y)
 
 
-class LabelledEncoder(nn.Module):
-    """Features of a labelled row [pixels | one-hot y]: the encoder trunk's h(pixels) joined with y,
-    so every guide head and flow hypernetwork is conditioned on the label as well."""
+class WithLabel(nn.Module):
+    """Encoder features of a labelled observation: the trunk's h(x) joined with one-hot y, so
+    every guide head and flow hypernetwork is conditioned on the label as well."""
 
-    def __init__(self, trunk: nn.Module, pixels: int):
+    uses_label = True
+
+    def __init__(self, trunk: nn.Module, classes: int):
         super().__init__()
-        self.trunk, self.pixels = trunk, pixels
+        self.trunk, self.classes = trunk, classes
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self.trunk(x[..., : self.pixels]), x[..., self.pixels:]], -1)
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        h = self.trunk(x)
+        return torch.cat([h, onehot(y, self.classes, h).expand(h.shape[:-1] + (self.classes,))], -1)
+
+
+def onehot(y, classes: int, like: torch.Tensor) -> torch.Tensor:
+    """One-hot rows of labels ``y`` with the dtype and device of ``like``; a missing or
+    out-of-range label is a :class:`PyroVAEError`."""
+    if y is None:
+        raise PyroVAEError("this model is conditioned on the label: call it with y (integer labels)")
+    y = torch.as_tensor(y, device=like.device)
+    if y.dtype.is_floating_point or y.dtype == torch.bool or (y.numel() and (y.min() < 0 or y.max() >= classes)):
+        found = f"values from {y.min().item()} to {y.max().item()}" if y.numel() else "no values"
+        raise PyroVAEError(f"labels must be integers in [0, {classes}); got {found} ({y.dtype})")
+    return F.one_hot(y.long(), classes).to(like.dtype)
 
 
 class ConditionalVAE(VAE):
     """A VAE conditioned on a class label: z ~ p(z), x | z, y ~ likelihood(decoder(z, y)), with the
     guide q(z|x, y). The bounds it reports are of log p(x|y).
-
-    Observations are rows [pixels | one-hot y] (``pyro_vae.data.Data.with_labels``), so the
-    objectives, evaluation and the training loop handle a labelled batch like any other; the
-    model scores the pixels only.
 
     References: Kingma, Rezende, Mohamed & Welling 2014, "Semi-Supervised Learning with Deep
     Generative Models" (model M2 with observed labels), arXiv:1406.5298; Sohn, Lee & Yan 2015,
@@ -218,73 +103,48 @@ class ConditionalVAE(VAE):
         super().__init__(decoder, likelihood, prior, latent_dim)
         self.classes = classes
 
-    @classmethod
-    def build(cls, config, obs_shape, likelihood, prior):
-        if not config.classes or config.classes < 2:
-            raise PyroVAEError(f"--model cvae needs at least 2 label classes, got {config.classes!r}")
-        encoder, features, decoder = nets.build(config.arch, obs_shape, config.latent_dim + config.classes,
-                                                config.hidden, config.activation, likelihood.outputs_per_pixel)
-        model = cls(decoder, likelihood, prior, config.latent_dim, config.classes)
-        return model, LabelledEncoder(encoder, math.prod(obs_shape)), features + config.classes
-
-    def _split(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return x[..., : -self.classes], x[..., -self.classes:]
-
-    def _decode(self, z: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
-        lead = torch.broadcast_shapes(z.shape[:-1], onehot.shape[:-1])
-        return self.decoder(torch.cat([z.expand(lead + z.shape[-1:]), onehot.expand(lead + onehot.shape[-1:])], -1))
-
-    def forward(self, x: torch.Tensor, beta=1.0):
-        pixels, onehot = self._split(x)
-        with pyro.plate("data", x.shape[0]):
-            with poutine.scale(scale=beta):
-                z = pyro.sample("z", self.prior())
-            pyro.sample("x", self.likelihood(self._decode(z, onehot)), obs=pixels)
-        return z
-
-    def log_terms(self, x, z):
-        pixels, onehot = self._split(x)
-        return self.prior().log_prob(z), self.likelihood(self._decode(z, onehot)).log_prob(pixels)
-
-    def onehot(self, labels: torch.Tensor) -> torch.Tensor:
-        labels = torch.as_tensor(labels, device=self.prior.loc.device)
-        if labels.dtype.is_floating_point or labels.min() < 0 or labels.max() >= self.classes:
-            raise PyroVAEError(f"labels must be integers in [0, {self.classes}); got values from "
-                               f"{labels.min().item()} to {labels.max().item()}")
-        return F.one_hot(labels, self.classes).to(self.prior.loc.dtype)
+    def _decode(self, z: torch.Tensor, y=None) -> torch.Tensor:
+        code = onehot(y, self.classes, z)
+        lead = torch.broadcast_shapes(z.shape[:-1], code.shape[:-1])
+        return self.decoder(torch.cat([z.expand(lead + z.shape[-1:]), code.expand(lead + code.shape[-1:])], -1))
 
     @torch.no_grad()
-    def sample(self, n: int, labels=None) -> torch.Tensor:
-        """Mean images E[x|z, y] for z from the prior and the given ``labels`` (n,); by default
+    def sample(self, n: int, y=None) -> torch.Tensor:
+        """Mean images E[x|z, y] for z from the prior and the given labels ``y`` (n,); by default
         the classes in turn, 0, 1, ..., so a grid of ``classes`` columns shows one class per column."""
-        labels = torch.arange(n) % self.classes if labels is None else labels
-        return self.decode_mean(self.prior().sample((n,)), labels)
+        y = torch.arange(n) % self.classes if y is None else y
+        return self.decode_mean(self.prior().sample((n,)), y)
 
     @torch.no_grad()
-    def decode_mean(self, z: torch.Tensor, labels=None) -> torch.Tensor:
-        labels = torch.arange(z.shape[-2] if z.dim() > 1 else 1) % self.classes if labels is None else labels
-        return self.likelihood.mean(self._decode(z, self.onehot(labels)))
-
-    @torch.no_grad()
-    def reconstruct(self, guide, x):
-        return self.likelihood.mean(self._decode(guide.dist(x).sample(), self._split(x)[1]))
-
-    def images(self, x):
-        return self._split(x)[0]
+    def decode_mean(self, z: torch.Tensor, y=None) -> torch.Tensor:
+        if y is None:
+            y = torch.arange(z.shape[-2] if z.dim() > 1 else 1) % self.classes
+        return self.likelihood.mean(self._decode(z, y))
 
 
-@dataclass
-class ModelSpec:
-    cls: type
-    conditional: bool
-    about: str
+def _build_vae(config, obs_shape, likelihood, make_guide, make_prior):
+    encoder, features, decoder = nets.build(config.arch, obs_shape, config.latent_dim, config.hidden,
+                                            config.activation, likelihood.outputs_per_pixel)
+    guide = make_guide(encoder, features)
+    return VAE(decoder, likelihood, make_prior(guide), config.latent_dim), guide
 
 
-MODELS = {
-    "vae": ModelSpec(VAE, False, "p(z) p(x|z) with the guide q(z|x)"),
-    "cvae": ModelSpec(ConditionalVAE, True, "p(z) p(x|z, y) conditioned on the class label y, guide q(z|x, y)"),
-}
+def _build_cvae(config, obs_shape, likelihood, make_guide, make_prior):
+    if not config.classes or config.classes < 2:
+        raise PyroVAEError(f"--model cvae needs at least 2 label classes, got {config.classes!r}")
+    encoder, features, decoder = nets.build(config.arch, obs_shape, config.latent_dim + config.classes,
+                                            config.hidden, config.activation, likelihood.outputs_per_pixel)
+    guide = make_guide(WithLabel(encoder, config.classes), features + config.classes)
+    model = ConditionalVAE(decoder, likelihood, make_prior(guide), config.latent_dim, config.classes)
+    return model, guide
 
 
-def model_spec(name: str) -> ModelSpec:
-    return _lookup(MODELS, "model", name)
+MODELS = Registry("model")
+MODELS.add("vae", _build_vae, "p(z) p(x|z) with the guide q(z|x)", reference="Kingma & Welling 2014, arXiv:1312.6114",
+           conditional=False)
+MODELS.add("cvae", _build_cvae, "p(z) p(x|z, y) conditioned on the class label y, guide q(z|x, y)",
+           reference="Kingma et al. 2014, arXiv:1406.5298; Sohn et al. 2015", conditional=True)
+
+
+def model_spec(name: str):
+    return MODELS[name]

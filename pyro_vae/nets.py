@@ -1,7 +1,7 @@
 """Encoder trunks and decoders, sized from the observation shape.
 
-An encoder trunk maps flattened observations (..., D) to hidden features h(x) of size
-``features``; the guide owns the heads that turn h(x) into posterior parameters, so flows can be
+An encoder trunk maps observations (..., *obs_shape) to hidden features h(x) of size
+``features`` (an MLP flattens the observation itself); the guide owns the heads that turn h(x) into posterior parameters, so flows can be
 conditioned on the same h(x). A decoder maps latents (..., L) to ``outputs_per_pixel * D``
 likelihood parameters laid out as [first parameter for all D pixels, second ..., ...]. Both accept
 any number of leading batch dimensions (vectorized particles add one).
@@ -15,14 +15,15 @@ import torch
 from torch import nn
 
 from .errors import PyroVAEError
+from .registry import Registry
 
-ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU, "softplus": nn.Softplus}
+ACTIVATIONS = Registry("activation")
+for _name, _cls in (("relu", nn.ReLU), ("tanh", nn.Tanh), ("elu", nn.ELU), ("softplus", nn.Softplus)):
+    ACTIVATIONS.add(_name, _cls, f"torch.nn.{_cls.__name__}")
 
 
 def activation(name: str) -> type[nn.Module]:
-    if name not in ACTIVATIONS:
-        raise PyroVAEError(f"unknown activation {name!r}; choose from {', '.join(ACTIVATIONS)}")
-    return ACTIVATIONS[name]
+    return ACTIVATIONS[name].build
 
 
 def mlp(sizes: list[int], act: type[nn.Module], final_act: bool) -> nn.Sequential:
@@ -34,15 +35,35 @@ def mlp(sizes: list[int], act: type[nn.Module], final_act: bool) -> nn.Sequentia
     return nn.Sequential(*layers)
 
 
+class FlatMLP(nn.Sequential):
+    """An MLP on observations of shape (..., *in_shape), flattened first; flat observations
+    (..., D) pass as they are. A subclass of ``nn.Sequential``, so its state dict is that of the
+    plain MLP."""
+
+    def __init__(self, layers, in_shape: tuple):
+        super().__init__(*layers)
+        self.in_shape = tuple(in_shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k = len(self.in_shape)
+        if k > 1 and tuple(x.shape[-k:]) == self.in_shape:
+            x = x.flatten(-k)
+        return super().forward(x)
+
+
 class _Flat(nn.Module):
-    """Runs ``net`` on inputs reshaped to (batch, *in_shape), restoring any leading dimensions."""
+    """Runs ``net`` on inputs (..., *in_shape) reshaped to (batch, *in_shape), restoring any
+    leading dimensions."""
 
     def __init__(self, net: nn.Module, in_shape: tuple, out_numel: int):
         super().__init__()
         self.net, self.in_shape, self.out_numel = net, tuple(in_shape), out_numel
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        lead = x.shape[: x.dim() - 1]
+        k = len(self.in_shape)
+        # image-shaped (..., *in_shape), or flat (..., D) observations
+        k = k if tuple(x.shape[-k:]) == self.in_shape else 1
+        lead = x.shape[: x.dim() - k]
         y = self.net(x.reshape((-1,) + self.in_shape))
         return y.reshape(lead + (self.out_numel,))
 
@@ -62,7 +83,7 @@ def build_mlp(obs_shape: tuple, latent_dim: int, hidden: list[int], act_name: st
     """Returns (encoder trunk, features, decoder) of the fully connected architecture."""
     d = math.prod(obs_shape)
     act = activation(act_name)
-    encoder = mlp([d] + list(hidden), act, final_act=True)
+    encoder = FlatMLP(mlp([d] + list(hidden), act, final_act=True), obs_shape)
     decoder = mlp([latent_dim] + list(reversed(hidden)) + [outputs_per_pixel * d], act, final_act=False)
     return encoder, hidden[-1], decoder
 
@@ -90,11 +111,11 @@ def build_conv(obs_shape: tuple, latent_dim: int, hidden: list[int], act_name: s
     return encoder, width, decoder
 
 
-ARCHITECTURES = {"mlp": build_mlp, "conv": build_conv}
+ARCHITECTURES = Registry("architecture")
+ARCHITECTURES.add("mlp", build_mlp, "fully connected layers of --hidden units (the observation flattened)")
+ARCHITECTURES.add("conv", build_conv, "two stride-2 convolutions (32, 64 channels) and a dense layer; images only")
 
 
 def build(arch: str, obs_shape: tuple, latent_dim: int, hidden: list[int], act_name: str, outputs_per_pixel: int):
     """Look up ``arch`` in :data:`ARCHITECTURES` and build (encoder, features, decoder)."""
-    if arch not in ARCHITECTURES:
-        raise PyroVAEError(f"unknown architecture {arch!r}; choose from {', '.join(ARCHITECTURES)}")
-    return ARCHITECTURES[arch](tuple(obs_shape), latent_dim, hidden, act_name, outputs_per_pixel)
+    return ARCHITECTURES[arch].build(tuple(obs_shape), latent_dim, hidden, act_name, outputs_per_pixel)

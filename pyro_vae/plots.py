@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from torchvision.utils import make_grid  # noqa: E402
 
+from . import contract  # noqa: E402
 from .io import atomic_path  # noqa: E402
 
 
@@ -28,7 +29,7 @@ def is_image(obs_shape: tuple) -> bool:
 
 
 def image_grid(images: torch.Tensor, obs_shape: tuple, path: Path, nrow: int = 8, title: str | None = None) -> Path:
-    """Save flattened images (n, D) as one grid PNG."""
+    """Save images (n, *obs_shape), or flattened ones (n, D), as one grid PNG."""
     grid = make_grid(images.detach().float().cpu().clamp(0, 1).reshape((-1,) + tuple(obs_shape)), nrow=nrow,
                      padding=1, pad_value=1.0)
     height, width = grid.shape[1:]
@@ -53,9 +54,15 @@ def elbo_curve(history: list, path: Path) -> Path:
     return save_figure(fig, path)
 
 
+def posterior_mean(guide, x: torch.Tensor, y=None) -> torch.Tensor:
+    """E_q[z|x] of the guide's latent sites, flattened and joined: (N, L)."""
+    means = contract.site_means(guide, x, y)
+    return torch.cat(list(means.values()), -1)
+
+
 @torch.no_grad()
-def latent_scatter(guide, x: torch.Tensor, labels, path: Path) -> Path:
-    z = guide.mean(x).cpu()
+def latent_scatter(guide, x: torch.Tensor, labels, path: Path, y=None) -> Path:
+    z = posterior_mean(guide, x, y).cpu()
     fig, ax = plt.subplots(figsize=(6, 5))
     points = ax.scatter(z[:, 0], z[:, 1], c=None if labels is None else labels.cpu(), cmap="tab10", s=6)
     if labels is not None:
@@ -68,10 +75,14 @@ def latent_scatter(guide, x: torch.Tensor, labels, path: Path) -> Path:
 @torch.no_grad()
 def manifold(model, obs_shape: tuple, path: Path, n: int = 15) -> Path:
     """Decoded means over a grid of prior quantiles (Kingma & Welling 2014, Fig. 4)."""
-    device = next(iter(model.prior.buffers())).device
+    device = next(model.parameters()).device
     q = torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(0.05, 0.95, n)).to(device)
     z = torch.stack(torch.meshgrid(q, q.flip(0), indexing="xy"), -1).reshape(-1, 2)
     return image_grid(model.decode_mean(z), obs_shape, path, nrow=n)
+
+
+def model_uses_labels(model) -> bool:
+    return bool(getattr(model, "classes", 0))
 
 
 @torch.no_grad()
@@ -83,15 +94,18 @@ def training_figures(run_dir: Path, pair, data, history: list) -> list[Path]:
     written = [elbo_curve(history, run_dir / "elbo_curve.png")] if history else []
     if not is_image(data.obs_shape):
         return written
-    model, x = pair.model, data.x["test"][:32]
-    pairs = torch.stack([model.images(x), model.reconstruct(pair.guide, x)], 1).reshape(-1, data.obs_dim)
+    device = next(pair.parameters()).device
+    x_test, labels = data.observations("test", device), data.labels("test", device)
+    y_test = labels if model_uses_labels(pair.model) else None
+    model, x, y = pair.model, x_test[:32], None if y_test is None else y_test[:32]
+    pairs = torch.stack([x, model.reconstruct(pair.guide, x, y)], 1).reshape(-1, data.obs_dim)
     written.append(image_grid(pairs, data.obs_shape, run_dir / "reconstructions.png",
                               title="data | reconstruction (alternating)"))
     # a conditional model draws the classes in turn: one class per column
     written.append(image_grid(model.sample(8 * (model.classes or 8)), data.obs_shape, run_dir / "samples.png",
                               nrow=model.classes or 8, title="prior samples"))
     if model.latent_dim == 2:
-        written.append(latent_scatter(pair.guide, data.x["test"], data.y["test"], run_dir / "latent_scatter.png"))
+        written.append(latent_scatter(pair.guide, x_test, labels, run_dir / "latent_scatter.png", y=y_test))
         if not model.classes:  # a decoded latent grid needs one label per image to mean anything
             written.append(manifold(model, data.obs_shape, run_dir / "manifold.png"))
     return written
@@ -101,13 +115,13 @@ def training_figures(run_dir: Path, pair, data, history: list) -> list[Path]:
 def posterior_panels(pairs: dict, x: torch.Tensor, path: Path, samples: int = 4000, n: int = 100) -> Path:
     """Rows: test images; columns: guides. Each panel shows the model's exact posterior p(z|x)
     (black contours, quadrature on a grid) over a histogram of draws from the guide's q(z|x)."""
-    from .compare import grid_posterior, posterior_window
+    from .exact import grid_posterior, planar_site, posterior_window
 
     names = list(pairs)
     fig, axes = plt.subplots(len(x), len(names), figsize=(2.4 * len(names), 2.4 * len(x)), squeeze=False)
     for j, name in enumerate(names):
         model, guide = pairs[name].model, pairs[name].guide
-        draws = guide.dist(x).sample((samples,)).cpu()
+        draws = contract.guide_draws(guide, x, None, samples)[planar_site(model, x)].cpu()
         for i in range(len(x)):
             xi = x[i:i + 1]
             # a coarse grid finds where the posterior lives, a fine one resolves it there
@@ -133,7 +147,7 @@ def interpolations(pairs: dict, xa: torch.Tensor, xb: torch.Tensor, obs_shape: t
     fig, axes = plt.subplots(len(names), 1, figsize=(steps * 0.7, 0.9 * len(names)), squeeze=False)
     t = torch.linspace(0, 1, steps, device=xa.device)[:, None]
     for ax, name in zip(axes[:, 0], names):
-        za, zb = pairs[name].guide.mean(xa), pairs[name].guide.mean(xb)
+        za, zb = posterior_mean(pairs[name].guide, xa), posterior_mean(pairs[name].guide, xb)
         images = pairs[name].model.decode_mean((1 - t) * za + t * zb)
         grid = make_grid(images.float().cpu().clamp(0, 1).reshape((-1,) + tuple(obs_shape)), nrow=steps, padding=1,
                          pad_value=1.0)

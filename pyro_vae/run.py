@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from . import data as data_mod
-from . import guides, models, nets, objectives
+from . import guides, likelihoods, models, nets, objectives, priors
 from .config import RunConfig
 from .errors import PyroVAEError
 from .io import atomic_path
@@ -40,30 +40,33 @@ def check_names(config: RunConfig) -> None:
     """Every registry name in ``config`` exists; raises before any data is read or file written."""
     data_mod.check_name(config.dataset)
     guides.check_options(config.guide, config.guide_options)
-    objectives.check_name(config.objective)
-    models.model_spec(config.model)
-    for table, kind, name in ((models.PRIORS, "prior", config.prior), (nets.ARCHITECTURES, "architecture", config.arch),
-                              (nets.ACTIVATIONS, "activation", config.activation)):
-        if name not in table:
-            raise PyroVAEError(f"unknown {kind} {name!r}; choose from {', '.join(table)}")
-    if config.likelihood is not None and config.likelihood not in models.LIKELIHOODS:
-        raise PyroVAEError(f"unknown likelihood {config.likelihood!r}; choose from {', '.join(models.LIKELIHOODS)}")
+    for registry, name in ((objectives.OBJECTIVES, config.objective), (likelihoods.LIKELIHOODS, config.likelihood)):
+        if name is not None:  # None: resolved when training starts
+            registry.check(name)
+    for registry, name in ((models.MODELS, config.model), (priors.PRIORS, config.prior),
+                           (nets.ARCHITECTURES, config.arch), (nets.ACTIVATIONS, config.activation)):
+        registry.check(name)
 
 
 class Pair(nn.Module):
     """The model and guide of one run, so one state dict and one optimizer cover both."""
 
-    def __init__(self, model: models.VAE, guide: guides.AmortizedGuide):
+    def __init__(self, model: nn.Module, guide: nn.Module):
         super().__init__()
         self.model, self.guide = model, guide
 
 
 def build(config: RunConfig, obs_shape: tuple) -> Pair:
     """Model and guide for ``config`` (likelihood resolved) and data of shape ``obs_shape``."""
-    likelihood = models.likelihood(config.likelihood, config)
-    model, encoder, features = models.model_spec(config.model).cls.build(
-        config, obs_shape, likelihood, models.prior(config.prior, config))
-    guide = guides.build(config.guide, encoder, features, config.latent_dim, **config.guide_options)
+    likelihood = likelihoods.build(config.likelihood, obs_shape, config.min_scale)
+
+    def make_guide(encoder: nn.Module, features: int) -> nn.Module:
+        return guides.build(config.guide, encoder, features, config.latent_dim, **config.guide_options)
+
+    def make_prior(guide: nn.Module) -> nn.Module:
+        return priors.build(config.prior, config.latent_dim, guide=guide)
+
+    model, guide = models.MODELS[config.model].build(config, tuple(obs_shape), likelihood, make_guide, make_prior)
     return Pair(model, guide)
 
 
@@ -174,8 +177,13 @@ def load_run(run_dir: str | Path, device: torch.device | str = "cpu", which: str
 
 
 def load_data(config: RunConfig, data_dir: str | None = None) -> data_mod.Data:
-    """The data of a run, with the likelihood and binarization it was trained with; for a
-    conditional model, rows [pixels | one-hot label] (see :meth:`Data.with_labels`)."""
+    """The data of a run, with the likelihood and binarization it was trained with; for a model
+    conditioned on the label, the labels are checked against its number of classes."""
     data = data_mod.load(config.dataset, data_dir if data_dir is not None else config.data_dir, config.download,
                          config.likelihood, config.binarize)
-    return data.with_labels(config.classes) if models.model_spec(config.model).conditional else data
+    if models.MODELS[config.model].conditional:
+        found = data.classes()
+        if config.classes is not None and found > config.classes:
+            raise PyroVAEError(f"labels of {config.dataset} must be integers in [0, {config.classes}), "
+                               f"found up to {found - 1}")
+    return data

@@ -28,6 +28,7 @@ from .config import RunConfig
 from .errors import PyroVAEError, TrainingDiverged
 from .evaluate import per_datapoint
 from .io import write_text_atomic
+from .models import MODELS
 from .run import BEST, LAST, TrainState, build, check_names, get_rng_state, load_checkpoint, load_data, \
     make_optimizer, save_checkpoint, set_rng_state
 
@@ -42,25 +43,39 @@ def kl_weight(config: RunConfig, step: int, steps_per_epoch: int) -> float:
 
 
 @torch.no_grad()
-def validation_elbo(pair, x: torch.Tensor, batch_size: int = 1000) -> float:
+def validation_elbo(pair, data, rows: torch.Tensor, device, labels: bool, batch_size: int = 1000) -> float:
+    """The mean one-sample ELBO (beta = 1) over validation ``rows``, moved to ``device`` a batch at
+    a time; ``labels``: the model takes the label as an argument."""
     pair.eval()
-    total = sum(per_datapoint(pair.model, pair.guide, x[i:i + batch_size], 1)["elbo"].sum().item()
-                for i in range(0, x.shape[0], batch_size))
+    total = 0.0
+    for i in range(0, rows.shape[0], batch_size):
+        x, y = data.batch("valid", rows[i:i + batch_size], device)
+        total += per_datapoint(pair.model, pair.guide, x, 1, y=y if labels else None)["elbo"].sum().item()
     pair.train()
-    return total / x.shape[0]
+    return total / rows.shape[0]
 
 
 def _write_metrics(run_dir: Path, history: list) -> None:
     write_text_atomic(run_dir / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
 
 
-def _prime(loss, x: torch.Tensor, beta: torch.Tensor) -> None:
+def _prime(loss, *args) -> None:
     """Run the loss once, validated, with RNG state restored after: the JIT objective compiles on
     its first call and draws extra random numbers then, which would make a resumed run differ."""
     state = get_rng_state()
     with pyro.validation_enabled(True):
-        loss(x, beta)
+        loss(*args)
     set_rng_state(state)
+
+
+def _resolve_objective(pair, x: torch.Tensor, y) -> str:
+    """The default objective for this pair (``objectives.default_objective``), leaving the RNG
+    stream as it was, so a run's draws do not depend on whether its objective was named."""
+    state = get_rng_state()
+    try:
+        return objectives.default_objective(pair.model, pair.guide, x, y)
+    finally:
+        set_rng_state(state)
 
 
 def fit(config: RunConfig, resume: bool = False, progress: bool | None = None, epochs: int | None = None) -> Path:
@@ -98,13 +113,17 @@ def fit(config: RunConfig, resume: bool = False, progress: bool | None = None, e
 def _train(config: RunConfig, run_dir: Path, checkpoint, ctx: distributed.Single, progress: bool | None) -> Path:
     device = ctx.device
     with ctx.main_first():  # torchvision extracts MNIST beside its archives on first use: once
-        data = load_data(config)
+        data = load_data(config)  # stays in host memory: batches go to the device one at a time
+    labels = MODELS[config.model].conditional
     config.likelihood, config.binarize = data.likelihood, data.binarize
-    config.classes = data.label_columns or None
-    data = data.to(device)
+    config.classes = data.classes() if labels else None
 
     pyro.set_rng_seed(config.seed)
     pair = build(config, data.obs_shape).to(device)
+    first = data.batch("train", torch.arange(min(config.batch_size, data.x["train"].shape[0])), device)
+    first = (first[0], first[1] if labels else None)
+    if config.objective is None:
+        config.objective = _resolve_objective(pair, *first)
     optimizer = make_optimizer(pair, config.lr)
     state = TrainState()
     if checkpoint is not None:
@@ -113,12 +132,15 @@ def _train(config: RunConfig, run_dir: Path, checkpoint, ctx: distributed.Single
         state = checkpoint.train_state
         ctx.agreed_state(pair.state_dict(), optimizer.state_dict(), dataclasses.asdict(state))  # one checkpoint for all
     loss = objectives.loss_fn(config.objective, pair.model, pair.guide, config.particles)
-    x_valid = data.x["valid"]
+    valid_rows = torch.arange(data.x["valid"].shape[0])
     steps_per_epoch = ctx.steps_per_epoch(data.x["train"].shape[0], config.batch_size)
     one = torch.ones((), device=device)
+
+    def args(x, y, beta):  # the loss takes positional tensors (the JIT objective needs them)
+        return (x, one * beta) + ((y,) if labels else ())
+
     wrapped = ctx.wrap(loss, config.objective)  # before priming: a refused objective fails before it compiles
-    _prime(loss, data.x["train"][: config.batch_size].bernoulli() if data.binarize == "dynamic"
-           else data.x["train"][: config.batch_size], one * kl_weight(config, state.step, steps_per_epoch))
+    _prime(loss, *args(*first, kl_weight(config, state.step, steps_per_epoch)))
     loss = wrapped
 
     def save(*names: str) -> None:
@@ -145,10 +167,10 @@ def _train(config: RunConfig, run_dir: Path, checkpoint, ctx: distributed.Single
                 started = time.perf_counter()
                 total, seen = 0.0, 0
                 ctx.seed_epoch(config.seed, state.epoch)
-                for x in ctx.train_batches(data, config.batch_size, config.seed, state.epoch):
+                for x, y in ctx.train_batches(data, config.batch_size, config.seed, state.epoch):
                     beta = kl_weight(config, state.step, steps_per_epoch)
                     optimizer.zero_grad(set_to_none=True)
-                    value = loss(x, one * beta) / x.shape[0]
+                    value = loss(*args(x, y, beta)) / x.shape[0]
                     batch_total, batch_seen = ctx.loss_sum(value, x.shape[0])
                     if not math.isfinite(batch_total):
                         raise TrainingDiverged(
@@ -163,7 +185,7 @@ def _train(config: RunConfig, run_dir: Path, checkpoint, ctx: distributed.Single
                     bar.set_postfix({"epoch": state.epoch + 1, label: f"{total / seen:.2f}", "beta": f"{beta:.2f}"},
                                     refresh=False)
                 state.epoch += 1
-                valid = ctx.average(lambda rows: validation_elbo(pair, rows), x_valid)
+                valid = ctx.average(lambda rows: validation_elbo(pair, data, rows, device, labels), valid_rows)
                 if not math.isfinite(valid):
                     raise TrainingDiverged(f"training diverged: validation ELBO is {valid} after epoch {state.epoch}; "
                                            f"the last good checkpoints are kept in {run_dir}")
@@ -181,13 +203,13 @@ def _train(config: RunConfig, run_dir: Path, checkpoint, ctx: distributed.Single
     finally:
         bar.close()
     if ctx.is_main:
-        _write_figures(run_dir, data, state.history)
+        _write_figures(run_dir, data, state.history, device)
     ctx.barrier()  # the run directory is complete when fit returns, on every rank
     return run_dir
 
 
-def _write_figures(run_dir: Path, data, history: list) -> None:
+def _write_figures(run_dir: Path, data, history: list, device) -> None:
     from . import plots  # matplotlib loads only when figures are drawn
 
-    best = load_checkpoint(run_dir / BEST, data.x["train"].device)
+    best = load_checkpoint(run_dir / BEST, device)
     plots.training_figures(run_dir, best.pair, data, history)

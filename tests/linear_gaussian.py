@@ -76,13 +76,13 @@ class AffineGaussianGuide(AmortizedGuide):
     def loc(self, x: torch.Tensor) -> torch.Tensor:
         return self.encoder(x) @ self.A.T + self.c
 
-    def dist(self, x):
+    def dist(self, x, y=None):
         if self.diagonal:
             return dist.Normal(self.loc(x), self.cov.diagonal().sqrt()).to_event(1)
         return dist.MultivariateNormal(self.loc(x), scale_tril=torch.linalg.cholesky(self.cov))
 
     @torch.no_grad()
-    def mean(self, x, samples: int = 0):
+    def mean(self, x, y=None, samples: int = 0):
         return self.loc(x)
 
 

@@ -19,7 +19,7 @@ from linear_gaussian import TOL_SE, AffineGaussianGuide, FixedScaleNormal, Linea
 from pyro_vae import diagnose as diagnose_mod
 from pyro_vae import diagnostics, guides
 from pyro_vae.cli import main
-from pyro_vae.compare import grid_posterior, posterior_window
+from pyro_vae.exact import grid_posterior, posterior_window
 from pyro_vae.diagnose import aggregate_posterior, energy_distance, grid_reference, guide_diagnostics, nuts_reference
 from pyro_vae.evaluate import ACTIVE_UNIT_THRESHOLD, log_weight_terms
 from pyro_vae.models import VAE, StandardNormal
@@ -364,7 +364,7 @@ def _kl_gap_tolerance(report, samples: int) -> dict:
     """Per (guide, image): 4 standard errors of an ELBO averaged over ``samples`` log-weights,
     from a fresh, larger set of log-weights of the same model and guide."""
     model = load_run(report["model_of"]).pair.model.eval()
-    x = load_data(load_run(report["model_of"]).config).x["test"][report["images"]]
+    x = load_data(load_run(report["model_of"]).config).observations("test")[report["images"]]
     tol = {}
     for name, run_dir in report["runs"].items():
         with torch.no_grad():

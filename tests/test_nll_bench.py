@@ -166,7 +166,7 @@ def test_a_frey_cell_reports_bits_per_dim_consistent_with_nats(shared_data, tmp_
     with np.load(shared_data / "FreyFaces" / "frey_faces.npz") as d:
         assert d["ff"].dtype == np.uint8  # 8-bit grey levels, which the loader divides by 255:
     from pyro_vae.data import load
-    x = load("frey", shared_data).x["test"]
+    x = load("frey", shared_data).observations("test")
     assert torch.allclose(x * table.FREY_LEVEL_SCALE, (x * table.FREY_LEVEL_SCALE).round(), atol=1e-4)
 
     cell = nll.make_cell("frey", "frey", "diag", None, "elbo", 1, nll.Budget(epochs=2, batch_size=100, iw_samples=20))

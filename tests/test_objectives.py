@@ -12,7 +12,7 @@ from linear_gaussian import float64  # noqa: F401 (an autouse fixture)
 from pyro_vae.evaluate import per_datapoint
 from pyro_vae.guides import DiagonalGaussian
 from pyro_vae.nets import mlp
-from pyro_vae.objectives import loss_fn
+from pyro_vae.objectives import Scaled, loss_fn
 
 N_DATA = 20
 
@@ -122,7 +122,9 @@ def test_elbo_matches_pyros_trace_elbo(lg, x, particles):
     """The suite's lean `elbo` is Pyro's Trace_ELBO estimator: same draws, same loss and gradients."""
     model, guide = lg.model(), mlp_guide(lg)
     ours = loss_fn("elbo", model, guide, particles=particles)
-    stock = pyro.infer.Trace_ELBO(num_particles=particles, vectorize_particles=True, max_plate_nesting=1)(model, guide)
+    # the KL weight is applied from outside the model and guide, by the same messenger for both
+    stock = pyro.infer.Trace_ELBO(num_particles=particles, vectorize_particles=True, max_plate_nesting=1)(
+        Scaled(model), Scaled(guide))
     params = list(model.parameters()) + list(guide.parameters())
     for seed, beta in ((1, 1.0), (2, 0.3)):
         results = []

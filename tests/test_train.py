@@ -70,7 +70,7 @@ def test_elbo_jit_gradients_equal_elbo_gradients(tiny, device):
     data = load("digits")
     torch.manual_seed(0)
     pair = build(config, data.obs_shape).to(device=device, dtype=torch.float64)
-    x = data.x["valid"][:BATCH].to(device=device, dtype=torch.float64)
+    x = data.observations("valid", device)[:BATCH].to(torch.float64)
     beta = torch.ones((), device=device, dtype=torch.float64)
     results = {}
     for name in ("elbo", "elbo-jit"):

@@ -7,67 +7,53 @@ builder, stored in the run's config so a checkpoint rebuilds the same guide.
 
 from __future__ import annotations
 
-import inspect
-from dataclasses import dataclass
-from typing import Callable
-
 from torch import nn
 
 from ..errors import PyroVAEError
+from ..registry import Registry
 from . import flows
 from .base import MIN_SCALE, AmortizedGuide, ConstantVariance, DiagonalGaussian, FullCovariance
 from .flows import FlowGuide, UnconditionalFlow, unconditional_flow
 
 
-@dataclass
-class GuideSpec:
-    build: Callable[..., AmortizedGuide]
-    about: str
-    reference: str
+FLOW_OPTIONS = {"flows": "number of flow steps K",
+                "flow_hidden": "hidden sizes of each flow step's hypernetwork, e.g. 320,320"}
 
-    def options(self) -> dict:
-        """The family's options and their defaults."""
-        params = list(inspect.signature(self.build).parameters.values())[3:]
-        return {p.name: p.default for p in params}
-
-
-GUIDES: dict[str, GuideSpec] = {
-    "diag": GuideSpec(DiagonalGaussian, "mean-field Gaussian N(mu(x), diag sigma(x)^2)",
-                      "Kingma & Welling 2014, arXiv:1312.6114"),
-    "full": GuideSpec(FullCovariance, "full-covariance Gaussian, Cholesky factor from the encoder",
-                      "Kingma & Welling 2014, arXiv:1312.6114"),
-    "const-var": GuideSpec(ConstantVariance, "encoder gives the mean only; one learned variance per dimension",
-                           "Fyffe 2019, arXiv:1912.10309"),
-    "planar": GuideSpec(flows.planar, "diagonal base + K conditional planar flows",
-                        "Rezende & Mohamed 2015, arXiv:1505.05770"),
-    "radial": GuideSpec(flows.radial, "diagonal base + K conditional radial flows",
-                        "Rezende & Mohamed 2015, arXiv:1505.05770"),
-    "coupling": GuideSpec(flows.coupling, "diagonal base + K conditional affine couplings (RealNVP), reversed between",
-                          "Dinh et al. 2017, arXiv:1605.08803"),
-    "iaf": GuideSpec(flows.iaf, "diagonal base + K conditional inverse autoregressive flows, reversed between",
-                     "Kingma et al. 2016, arXiv:1606.04934"),
-    "householder": GuideSpec(flows.householder, "diagonal base + K conditional Householder reflections",
-                             "Tomczak & Welling 2016, arXiv:1611.09630"),
-    "spline": GuideSpec(flows.spline, "diagonal base + K conditional rational-quadratic spline autoregressive flows",
-                        "Durkan et al. 2019, arXiv:1906.04032"),
-}
+GUIDES = Registry("guide")
+GUIDES.add("diag", DiagonalGaussian, "mean-field Gaussian N(mu(x), diag sigma(x)^2)",
+           reference="Kingma & Welling 2014, arXiv:1312.6114")
+GUIDES.add("full", FullCovariance, "full-covariance Gaussian, Cholesky factor from the encoder",
+           reference="Kingma & Welling 2014, arXiv:1312.6114")
+GUIDES.add("const-var", ConstantVariance, "encoder gives the mean only; one learned variance per dimension",
+           reference="Fyffe 2019, arXiv:1912.10309")
+GUIDES.add("planar", flows.planar, "diagonal base + K conditional planar flows", FLOW_OPTIONS,
+           reference="Rezende & Mohamed 2015, arXiv:1505.05770")
+GUIDES.add("radial", flows.radial, "diagonal base + K conditional radial flows", FLOW_OPTIONS,
+           reference="Rezende & Mohamed 2015, arXiv:1505.05770")
+GUIDES.add("coupling", flows.coupling, "diagonal base + K conditional affine couplings (RealNVP), reversed between",
+           FLOW_OPTIONS, reference="Dinh et al. 2017, arXiv:1605.08803")
+GUIDES.add("iaf", flows.iaf, "diagonal base + K conditional inverse autoregressive flows, reversed between",
+           {**FLOW_OPTIONS, "stable": "iaf: the gated, numerically stable update"},
+           reference="Kingma et al. 2016, arXiv:1606.04934")
+GUIDES.add("householder", flows.householder, "diagonal base + K conditional Householder reflections", FLOW_OPTIONS,
+           reference="Tomczak & Welling 2016, arXiv:1611.09630")
+GUIDES.add("spline", flows.spline, "diagonal base + K conditional rational-quadratic spline autoregressive flows",
+           {**FLOW_OPTIONS, "bins": "spline: bins per dimension", "bound": "spline: half-width of the spline's box"},
+           reference="Durkan et al. 2019, arXiv:1906.04032")
 
 
-def check_name(name: str) -> GuideSpec:
-    if name not in GUIDES:
-        raise PyroVAEError(f"unknown guide {name!r}; choose from {', '.join(GUIDES)}")
+def check_name(name: str):
     return GUIDES[name]
 
 
 def check_options(name: str, options: dict) -> None:
-    known = check_name(name).options()
-    unknown = sorted(set(options) - set(known))
-    if unknown:
-        raise PyroVAEError(f"guide {name!r} takes no option {', '.join(unknown)}"
-                           + (f"; its options: {', '.join(known)}" if known else ""))
-    if "flows" in options and (not isinstance(options["flows"], int) or options["flows"] <= 0):
+    GUIDES.check_options(name, options)
+    if "flows" in options and (not isinstance(options["flows"], int) or isinstance(options["flows"], bool)
+                               or options["flows"] <= 0):
         raise PyroVAEError(f"--flows must be a positive integer, got {options['flows']!r}")
-    if "flow_hidden" in options and (not options["flow_hidden"] or any(h <= 0 for h in options["flow_hidden"])):
+    hidden = options.get("flow_hidden", [1])
+    if not isinstance(hidden, (list, tuple)) or not hidden or any(
+            not isinstance(h, int) or isinstance(h, bool) or h <= 0 for h in hidden):
         raise PyroVAEError(f"--flow-hidden must be positive integers, got {options['flow_hidden']!r}")
 
 
@@ -78,5 +64,5 @@ def build(name: str, encoder: nn.Module, features: int, latent_dim: int, **optio
 
 
 __all__ = ["GUIDES", "MIN_SCALE", "AmortizedGuide", "ConstantVariance", "DiagonalGaussian", "FlowGuide",
-           "FullCovariance", "GuideSpec", "UnconditionalFlow", "build", "check_name", "check_options",
+           "FullCovariance", "UnconditionalFlow", "build", "check_name", "check_options",
            "unconditional_flow"]

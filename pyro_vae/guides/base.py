@@ -8,7 +8,6 @@ import pyro
 import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
-from pyro import poutine
 from torch import nn
 
 # Keeps posterior scales strictly positive in float32 without limiting any useful fit.
@@ -16,58 +15,61 @@ MIN_SCALE = 1e-5
 
 
 class AmortizedGuide(nn.Module):
-    """q(z|x) computed from encoder features h(x).
+    """q(z|x) computed from encoder features h(x) (or h(x, y): an encoder with ``uses_label``
+    joins the label to the features, for models conditioned on it).
 
-    ``dist(x)`` returns q(z|x) with batch shape (N,) and event shape (L,); ``forward`` places it
-    at the site "z" inside the "data" plate, scaled by the KL weight beta like the model's prior.
+    ``dist(x, y)`` returns q(z|x) with batch shape (N,) and event shape (L,); ``forward(x, y)``
+    places it at the site "z" inside the "data" plate, as the model contract asks.
     """
 
     def __init__(self, encoder: nn.Module, latent_dim: int):
         super().__init__()
         self.encoder, self.latent_dim = encoder, latent_dim
-        self._reused = None  # (x, h(x)) inside ``reuse_features``
+        self._reused = None  # (x, y, h(x)) inside ``reuse_features``
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """The encoder's h(x): computed, or the one ``reuse_features`` holds for this very tensor."""
-        if self._reused is not None and self._reused[0] is x:
-            return self._reused[1]
-        return self.encoder(x)
+    def _encode(self, x: torch.Tensor, y=None) -> torch.Tensor:
+        return self.encoder(x, y) if getattr(self.encoder, "uses_label", False) else self.encoder(x)
+
+    def features(self, x: torch.Tensor, y=None) -> torch.Tensor:
+        """The encoder's h(x): computed, or the one ``reuse_features`` holds for these very tensors."""
+        if self._reused is not None and self._reused[0] is x and self._reused[1] is y:
+            return self._reused[2]
+        return self._encode(x, y)
 
     @contextmanager
-    def reuse_features(self, x: torch.Tensor):
+    def reuse_features(self, x: torch.Tensor, y=None):
         """Run the encoder once for ``x`` and reuse h(x) within the block: an importance-sampled
         estimate draws thousands of samples for the same images in chunks, and re-encoding them for
         every chunk cost about 5% of the evaluation. For no-grad use: one graph is not shared."""
-        self._reused = (x, self.encoder(x))
+        self._reused = (x, y, self._encode(x, y))
         try:
             yield
         finally:
             self._reused = None
 
-    def dist(self, x: torch.Tensor) -> dist.TorchDistribution:
+    def dist(self, x: torch.Tensor, y=None) -> dist.TorchDistribution:
         raise NotImplementedError
 
-    def forward(self, x: torch.Tensor, beta=1.0):
+    def forward(self, x: torch.Tensor, y=None):
         with pyro.plate("data", x.shape[0]):
-            with poutine.scale(scale=beta):
-                return pyro.sample("z", self.dist(x))
+            return pyro.sample("z", self.dist(x, y))
 
     @torch.no_grad()
-    def mean(self, x: torch.Tensor, samples: int = 1000, chunk: int = 100) -> torch.Tensor:
+    def mean(self, x: torch.Tensor, y=None, samples: int = 1000, chunk: int = 100) -> torch.Tensor:
         """E_q[z|x]; a Monte-Carlo average unless the family knows it in closed form."""
         # The estimate's own variance, Var_q(z_i|x) / samples, adds to the active-unit statistic
         # Var_x(E_q[z_i|x]): an unused unit (q = prior, variance 1) must stay well below the 0.01
         # threshold, which 64 samples (1/64 > 0.01) did not. Drawn in chunks: a flow's per-sample
         # hypernetwork activations for all draws at once took 4.6 GB when active units were
         # counted over 500 MNIST images with 4 IAF steps.
-        q = self.dist(x)
+        q = self.dist(x, y)
         total = sum(q.rsample((min(chunk, samples - i),)).sum(0) for i in range(0, samples, chunk))
         return total / samples
 
     @torch.no_grad()
-    def moments(self, x: torch.Tensor, samples: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
+    def moments(self, x: torch.Tensor, y=None, samples: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and per-dimension variance of q(z|x), each (N, L); Monte-Carlo unless closed form."""
-        draws = self.dist(x).sample((samples,))
+        draws = self.dist(x, y).sample((samples,))
         return draws.mean(0), draws.var(0)
 
 
@@ -81,24 +83,24 @@ class DiagonalGaussian(AmortizedGuide):
         super().__init__(encoder, latent_dim)
         self.head = nn.Linear(features, 2 * latent_dim)
 
-    def loc_scale(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.loc_scale_of_features(self.features(x))
+    def loc_scale(self, x: torch.Tensor, y=None) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.loc_scale_of_features(self.features(x, y))
 
     def loc_scale_of_features(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         loc, raw = self.head(h).chunk(2, dim=-1)
         return loc, MIN_SCALE + F.softplus(raw)
 
-    def dist(self, x):
-        loc, scale = self.loc_scale(x)
+    def dist(self, x, y=None):
+        loc, scale = self.loc_scale(x, y)
         return dist.Normal(loc, scale).to_event(1)
 
     @torch.no_grad()
-    def mean(self, x, samples: int = 0):
-        return self.loc_scale(x)[0]
+    def mean(self, x, y=None, samples: int = 0):
+        return self.loc_scale(x, y)[0]
 
     @torch.no_grad()
-    def moments(self, x, samples: int = 0):
-        loc, scale = self.loc_scale(x)
+    def moments(self, x, y=None, samples: int = 0):
+        loc, scale = self.loc_scale(x, y)
         return loc, scale ** 2
 
 
@@ -116,25 +118,25 @@ class FullCovariance(AmortizedGuide):
         self.register_buffer("on_diagonal", rows == cols)
         self.head = nn.Linear(features, latent_dim + rows.numel())
 
-    def loc_tril(self, x):
-        out = self.head(self.features(x))
+    def loc_tril(self, x, y=None):
+        out = self.head(self.features(x, y))
         loc, entries = out[..., : self.latent_dim], out[..., self.latent_dim:]
         entries = torch.where(self.on_diagonal, MIN_SCALE + F.softplus(entries), entries)
         tril = entries.new_zeros(entries.shape[:-1] + (self.latent_dim, self.latent_dim))
         tril[..., self.rows, self.cols] = entries
         return loc, tril
 
-    def dist(self, x):
-        loc, tril = self.loc_tril(x)
+    def dist(self, x, y=None):
+        loc, tril = self.loc_tril(x, y)
         return dist.MultivariateNormal(loc, scale_tril=tril)
 
     @torch.no_grad()
-    def mean(self, x, samples: int = 0):
-        return self.loc_tril(x)[0]
+    def mean(self, x, y=None, samples: int = 0):
+        return self.loc_tril(x, y)[0]
 
     @torch.no_grad()
-    def moments(self, x, samples: int = 0):
-        loc, tril = self.loc_tril(x)
+    def moments(self, x, y=None, samples: int = 0):
+        loc, tril = self.loc_tril(x, y)
         return loc, tril.pow(2).sum(-1)
 
 
@@ -152,15 +154,15 @@ class ConstantVariance(AmortizedGuide):
         # softplus(0.5413) = 1: start at the prior's scale
         self.raw_scale = nn.Parameter(torch.full((latent_dim,), 0.5413))
 
-    def dist(self, x):
-        loc = self.head(self.features(x))
+    def dist(self, x, y=None):
+        loc = self.head(self.features(x, y))
         return dist.Normal(loc, (MIN_SCALE + F.softplus(self.raw_scale)).expand_as(loc)).to_event(1)
 
     @torch.no_grad()
-    def mean(self, x, samples: int = 0):
-        return self.head(self.features(x))
+    def mean(self, x, y=None, samples: int = 0):
+        return self.head(self.features(x, y))
 
     @torch.no_grad()
-    def moments(self, x, samples: int = 0):
-        q = self.dist(x)
+    def moments(self, x, y=None, samples: int = 0):
+        q = self.dist(x, y)
         return q.mean, q.variance

@@ -158,15 +158,15 @@ class FlowGuide(DiagonalGaussian):
         # a buffer, so the permutation follows the guide to its device
         self.register_buffer("reverse", torch.arange(latent_dim - 1, -1, -1))
 
-    def base_and_transforms(self, x: torch.Tensor):
+    def base_and_transforms(self, x: torch.Tensor, y=None):
         """The base distribution and the list of transforms conditioned on h(x)."""
-        h = self.features(x)
+        h = self.features(x, y)
         loc, scale = self.loc_scale_of_features(h)
         base = dist.Normal(loc, scale).to_event(1)
         return base, chain(self.steps, self.reverse, self.reverse_between, h)
 
-    def dist(self, x):
-        base, transforms = self.base_and_transforms(x)
+    def dist(self, x, y=None):
+        base, transforms = self.base_and_transforms(x, y)
         return dist.TransformedDistribution(base, transforms)
 
     # the base's closed forms do not hold after the flow
