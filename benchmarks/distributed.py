@@ -1,12 +1,13 @@
 """Data-parallel training throughput: samples/s for 1 and N processes (CPU, gloo) or GPUs (NCCL).
 
 Every contender runs the training step of ``train.fit`` on the network and data of throughput.py
-(MLP 784-500-500-32, ``diag`` guide, Bernoulli pixels, random binary MNIST-shaped batches), with
-``--batch`` rows per rank: zero_grad, loss / batch, the per-step all-reduce of the loss that
-``fit`` uses to stop every rank alike on a NaN, backward (DistributedDataParallel averaging the
-gradients), Adam. ``single`` is the one-process loop without DDP; ``ddp-N`` runs N processes
-started here with torchrun's environment, through ``pyro_vae.distributed``. Each process uses one
-torch thread on CPU, so N processes on N cores is a fair comparison with one process on one core.
+(MLP 784-500-500-32, ``diag`` guide, the Monte-Carlo ``elbo`` named explicitly, Bernoulli pixels,
+random binary MNIST-shaped batches of shape (B, 1, 28, 28)), with ``--batch`` rows per rank:
+zero_grad, loss / batch, the per-step all-reduce of the loss that ``fit`` uses to stop every rank
+alike on a NaN, backward (DistributedDataParallel averaging the gradients), Adam. ``single`` is the
+one-process loop without DDP; ``ddp-N`` runs N processes started here with torchrun's environment,
+through ``pyro_vae.distributed``. Each process uses one torch thread on CPU, so N processes on N
+cores is a fair comparison with one process on one core.
 Samples/s = world size x batch x steps / rank 0's wall time, median over repeats.
 
     python benchmarks/distributed.py [--device cpu|cuda] [--world-sizes 1,2] [--repeats N] [--steps N]
@@ -58,7 +59,9 @@ def timed_steps(ctx, batch: int, repeats: int, steps: int, warmup: int, seed: in
     loss = ctx.wrap(objectives.loss_fn("elbo", pair.model, pair.guide, 1), "elbo")
     optimizer = run.make_optimizer(pair, tp.LR)
     gen = torch.Generator().manual_seed(seed + 1 + ctx.rank)  # each rank its own rows
-    batches = [torch.bernoulli(torch.rand(batch, 784, generator=gen), generator=gen).to(device) for _ in range(10)]
+    # image-shaped (batch, 1, 28, 28), as the suite's models take observations
+    batches = [torch.bernoulli(torch.rand(batch, *tp.OBS_SHAPE, generator=gen), generator=gen).to(device)
+               for _ in range(10)]
     beta = torch.ones((), device=device)
 
     def step(i: int) -> None:

@@ -1,11 +1,21 @@
-"""Importance-sampled NLL: the suite's estimator against a hand-written plain-PyTorch one, and the
-memory the suite's estimator needs.
+"""Importance-sampled NLL: the suite's estimator on its two paths against a hand-written plain-PyTorch
+one, and the memory the suite's estimator needs.
 
-Both estimators use the same networks (MLP 784-500-500-32, Bernoulli pixels, diagonal Gaussian
+Three estimators use the same networks (MLP 784-500-500-32, Bernoulli pixels, diagonal Gaussian
 guide), the same K samples per image drawn in the same chunks, and a running log-sum-exp; only how
-log p(x, z) - log q(z|x) is computed differs (the Pyro distributions of the suite's model and
-guide, through ``pyro_vae.evaluate.per_datapoint``, against tensor code). They alternate on the
-same batches, several repeats, in one process, with glibc's allocator set as the suite sets it.
+log p(x, z) - log q(z|x) is computed differs:
+
+- ``suite``: ``pyro_vae.evaluate.per_datapoint`` on its single-site fast path
+  (``log_weight_terms``: the guide's ``dist`` and the model's ``log_terms``, no Pyro trace);
+- ``trace``: the same ``per_datapoint`` with ``weight_terms=trace_weight_terms``, the general path
+  through Pyro traces that any model of the contract takes;
+- ``baseline``: tensor code, on the images flattened to rows.
+
+They alternate on the same image-shaped (N, 1, 28, 28) batches, several repeats, in one process,
+with glibc's allocator set as the suite sets it, each from the same seed, so all three must give
+the same estimates (to float rounding; ``max_abs_diff_log_px`` reports it). ``median_ratio`` is
+suite / baseline time within a repeat, ``median_ratio_trace`` trace / baseline and
+``median_ratio_suite_to_trace`` suite / trace: below 1 when the fast path is faster.
 
 ``--memory N`` runs the suite's ``evaluate`` alone on N MNIST-shaped images with K samples and
 reports the process's peak resident memory, in a fresh process so the peak is the evaluation's.
@@ -32,7 +42,7 @@ import pyro
 import torch
 import torch.nn.functional as F
 
-from pyro_vae.evaluate import _chunk_size, evaluate, per_datapoint, retain_freed_memory
+from pyro_vae.evaluate import _chunk_size, evaluate, per_datapoint, retain_freed_memory, trace_weight_terms
 from pyro_vae.io import write_text_atomic
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -41,7 +51,9 @@ from throughput import LOG_2PI, OBS_SHAPE, baseline_from, facts, suite_pair  # n
 
 @torch.no_grad()
 def plain_log_px(plain, x: torch.Tensor, samples: int, chunk: int) -> torch.Tensor:
-    """log (1/K) sum_k p(x, z_k) / q(z_k|x) per image, z_k ~ q, in chunks of ``chunk`` samples."""
+    """log (1/K) sum_k p(x, z_k) / q(z_k|x) per image, z_k ~ q, in chunks of ``chunk`` samples;
+    images (N, *OBS_SHAPE) are scored as flat rows (N, D)."""
+    x = x.flatten(1)
     loc, raw = plain.head(plain.encoder(x)).chunk(2, dim=-1)
     scale = 1e-5 + F.softplus(raw)
     lse = torch.full((x.shape[0],), -math.inf, device=x.device)
@@ -62,12 +74,14 @@ def speed(device, samples: int, images: int, repeats: int, batch: int) -> dict:
     pyro.set_rng_seed(0)
     pair = suite_pair(device).eval()
     plain = baseline_from(pair).eval()
-    x = torch.bernoulli(torch.rand(images, math.prod(OBS_SHAPE), device=device))
-    chunk = _chunk_size(samples, batch, 4 * x.shape[-1], 2**23)
-    times = {"suite": [], "baseline": []}
-    estimates = {}
+    x = torch.bernoulli(torch.rand(images, *OBS_SHAPE, device=device))  # image-shaped, as the suite takes them
+    chunk = _chunk_size(samples, batch, 4 * x[0].numel(), 2**23)  # as per_datapoint chunks them
     runs = {"suite": lambda xb: per_datapoint(pair.model, pair.guide, xb, samples)["log_px"],
-            "baseline": lambda xb: plain_log_px(plain, xb, samples, chunk)}
+            "baseline": lambda xb: plain_log_px(plain, xb, samples, chunk),
+            "trace": lambda xb: per_datapoint(pair.model, pair.guide, xb, samples,
+                                              weight_terms=trace_weight_terms)["log_px"]}
+    times = {name: [] for name in runs}
+    estimates = {}
     with pyro.validation_enabled(False):
         for _ in range(repeats):
             for name, fn in runs.items():
@@ -78,9 +92,18 @@ def speed(device, samples: int, images: int, repeats: int, batch: int) -> dict:
                     torch.cuda.synchronize()
                 times[name].append(time.perf_counter() - start)
     ratios = [s / b for s, b in zip(times["suite"], times["baseline"])]
+    ratios_trace = [t / b for t, b in zip(times["trace"], times["baseline"])]
+    ratios_suite_to_trace = [s / t for s, t in zip(times["suite"], times["trace"])]
     return {"images_per_s": {k: images / statistics.median(v) for k, v in times.items()},
             "median_ratio": statistics.median(ratios), "ratios": ratios,
-            "mean_log_px": {k: v.mean().item() for k, v in estimates.items()}, "chunk": chunk}
+            "median_ratio_trace": statistics.median(ratios_trace), "ratios_trace": ratios_trace,
+            "median_ratio_suite_to_trace": statistics.median(ratios_suite_to_trace),
+            "ratios_suite_to_trace": ratios_suite_to_trace,
+            "mean_log_px": {k: v.mean().item() for k, v in estimates.items()},
+            # per-image estimates of the last repeat against the suite's: float rounding only
+            "max_abs_diff_log_px": {k: (v - estimates["suite"]).abs().max().item()
+                                    for k, v in estimates.items() if k != "suite"},
+            "seconds": times, "chunk": chunk}
 
 
 def memory(images: int, samples: int) -> dict:
@@ -88,7 +111,7 @@ def memory(images: int, samples: int) -> dict:
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     pyro.set_rng_seed(0)
     pair = suite_pair(torch.device("cpu"))
-    x = torch.bernoulli(torch.rand(images, math.prod(OBS_SHAPE)))
+    x = torch.bernoulli(torch.rand(images, *OBS_SHAPE))
     start = time.perf_counter()
     with pyro.validation_enabled(False):
         result = evaluate(pair.model, pair.guide, x, iw_samples=samples)

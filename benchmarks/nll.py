@@ -33,6 +33,7 @@ from pyro_vae.config import RunConfig
 from pyro_vae.errors import PyroVAEError
 from pyro_vae.evaluate import evaluate
 from pyro_vae.io import write_text_atomic
+from pyro_vae.models import MODELS
 from pyro_vae.run import BEST, LAST, load_data, load_run, resolve_device
 from pyro_vae.train import fit
 
@@ -220,6 +221,12 @@ def default_data_dir() -> Path | None:
     return shared if shared.is_dir() else None
 
 
+def writable(folder: Path) -> bool:
+    """Whether files may be written in ``folder``: allowed for this process and not marked read-only
+    (no write bit), since root passes ``os.access`` even in a folder shared read-only."""
+    return os.access(folder, os.W_OK) and bool(folder.stat().st_mode & 0o222)
+
+
 def mnist_root(data_dir: Path | None, work: Path) -> Path | None:
     """A data folder where torchvision can read MNIST: ``data_dir`` itself, or a copy of its
     ``MNIST/raw/*.gz`` under ``work`` when they are not extracted and the folder is read-only."""
@@ -227,7 +234,7 @@ def mnist_root(data_dir: Path | None, work: Path) -> Path | None:
         return None
     raw = data_dir / "MNIST" / "raw"
     gz = sorted(raw.glob("*.gz"))
-    if not gz or os.access(raw, os.W_OK) or all(p.with_suffix("").is_file() for p in gz):
+    if not gz or writable(raw) or all(p.with_suffix("").is_file() for p in gz):
         return data_dir
     target = work / "data" / "MNIST" / "raw"
     target.mkdir(parents=True, exist_ok=True)
@@ -285,9 +292,13 @@ def run_cell(cell: Cell, tier: str, device: torch.device, work: Path, data_dir: 
 
     checkpoint = load_run(run_dir, device, BEST)
     data = load_data(checkpoint.config)
-    x = data.x["test"][:: cell.test_stride].to(device)
+    # the test images as the model scores them (data.x holds them as stored, uint8); labels only
+    # for a model conditioned on them
+    x = data.observations("test", device)[:: cell.test_stride]
+    y = data.labels("test", device) if MODELS[checkpoint.config.model].conditional else None
+    y = None if y is None else y[:: cell.test_stride]
     pyro.set_rng_seed(cell.seed)
-    result = evaluate(checkpoint.pair.model, checkpoint.pair.guide, x, iw_samples=cell.iw_samples)
+    result = evaluate(checkpoint.pair.model, checkpoint.pair.guide, x, y, iw_samples=cell.iw_samples)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     done = time.perf_counter()

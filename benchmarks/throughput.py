@@ -3,8 +3,11 @@
 The contenders share one network layout (MLP 784-500-500-32, ReLU, Bernoulli pixels, diagonal
 Gaussian guide), start from identical parameters and run the same step: zero_grad, loss / batch,
 backward, Adam. Only how the negative ELBO is computed differs: hand-written tensor code for the
-baseline, Pyro's Trace_ELBO (``elbo``) or JitTrace_ELBO (``elbo-jit``) for the suite. The data is
-random binary MNIST-shaped noise: throughput does not depend on what the pixels show.
+baseline, Pyro's Trace_ELBO (``elbo``) or JitTrace_ELBO (``elbo-jit``) for the suite, each named
+explicitly (a run's default objective would be the analytic-KL ``meanfield`` for this pair, another
+computation). The data is random binary MNIST-shaped noise, image-shaped (N, 1, 28, 28) as the
+suite's models take it (the baseline flattens it itself): throughput does not depend on what the
+pixels show.
 
     python benchmarks/throughput.py [--device cpu|cuda] [--repeats N] [--steps N] [--warmup N] [--out DIR]
 """
@@ -57,7 +60,9 @@ class PlainVAE(nn.Module):
         self.head = nn.Linear(features, 2 * LATENT)
 
     def forward(self, x: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
-        """Negative ELBO summed over the batch, one reparameterized sample per image."""
+        """Negative ELBO summed over the batch, one reparameterized sample per image; images
+        (N, *OBS_SHAPE) or flat rows (N, D)."""
+        x = x.flatten(1)
         loc, raw = self.head(self.encoder(x)).chunk(2, dim=-1)
         scale = guides.MIN_SCALE + F.softplus(raw)
         z = loc + scale * torch.randn_like(loc)
@@ -114,7 +119,8 @@ def contender(name, pair, x0, beta) -> Contender:
 
 def random_batches(seed: int, device, count: int = 10) -> list:
     gen = torch.Generator().manual_seed(seed)
-    return [torch.bernoulli(torch.rand(BATCH, math.prod(OBS_SHAPE), generator=gen), generator=gen).to(device)
+    # image-shaped, as the suite's models take observations (the same numbers as flat rows)
+    return [torch.bernoulli(torch.rand(BATCH, *OBS_SHAPE, generator=gen), generator=gen).to(device)
             for _ in range(count)]
 
 

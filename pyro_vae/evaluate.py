@@ -96,8 +96,7 @@ def per_datapoint(model, guide, x: torch.Tensor, samples: int, max_elements: int
     retain_freed_memory()
     weight_terms = weight_terms or log_weight_terms
     chunk = _chunk_size(samples, x.shape[0], 4 * x[0].numel(), max_elements)
-    lse = torch.full((x.shape[0],), -math.inf, dtype=torch.get_default_dtype() if not x.dtype.is_floating_point
-                     else x.dtype, device=x.device)
+    lse = torch.full((x.shape[0],), -math.inf, dtype=x.dtype, device=x.device)
     sums = {"log_lik": 0.0, "log_prior": 0.0, "log_q": 0.0}
     kl_sites: dict = {}
     done = 0
@@ -163,6 +162,9 @@ def evaluate(model, guide, x: torch.Tensor, y=None, iw_samples: int = 5000, batc
     """
     if not isinstance(iw_samples, int) or iw_samples <= 0:
         raise PyroVAEError(f"iw_samples must be a positive integer, got {iw_samples!r}")
+    if not torch.is_tensor(x) or not x.is_floating_point():
+        raise PyroVAEError(f"evaluate needs floating-point observations, got {getattr(x, 'dtype', type(x).__name__)}; "
+                           "a dataset's stored uint8 split becomes them through data.observations(split)")
     if y is not None and len(y) != x.shape[0]:
         raise PyroVAEError(f"y has {len(y)} rows for {x.shape[0]} observations")
     modules = [m for m in (model, guide) if isinstance(m, torch.nn.Module)]

@@ -3,7 +3,7 @@
 A model is called as ``model(x, y=None)``; every per-datapoint sample site sits inside one
 ``pyro.plate("data", N)``, so bounds are per datapoint. Observations keep their shape
 (N, *obs_shape); the label ``y`` (N,) is an argument, never part of the observation. The KL
-weight beta of training is applied from outside (``contract.scale_latents``), not here.
+weight beta of training is applied from outside (``contract.ScaleLatents``), not here.
 """
 
 from __future__ import annotations

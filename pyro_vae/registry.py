@@ -95,7 +95,7 @@ class Registry:
         return self[name].build(*args, **kwargs, **(options or {}))
 
     def __contains__(self, name) -> bool:
-        return name in self._entries
+        return isinstance(name, str) and name in self._entries
 
     def __iter__(self):
         return iter(self._entries)

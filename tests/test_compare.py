@@ -8,7 +8,7 @@ import torch
 
 from linear_gaussian import LinearGaussian
 from pyro_vae.cli import main
-from pyro_vae.compare import grid_posterior
+from pyro_vae.exact import grid_posterior
 
 TINY = ["--dataset", "digits", "--hidden", "32", "--batch-size", "64", "--device", "cpu", "--quiet"]
 

@@ -33,9 +33,12 @@ import time
 import pyro
 import torch
 from pyro import poutine
+from pyro.distributions.kl import kl_divergence
+from pyro.poutine.util import site_is_subsample
 
 import pyro_vae
 from pyro_vae import RunConfig, plots
+from pyro_vae.contract import ScaleLatents
 from pyro_vae.evaluate import evaluate
 from pyro_vae.tutorial import Lesson
 
@@ -50,25 +53,47 @@ DATASET, DATA_DIR = lesson.dataset()
 # %% [markdown]
 # ## The data
 #
-# Both datasets are grey-level digit images with values in [0, 1]. Their default likelihood is
-# Bernoulli, which needs binary pixels, so the training images are **dynamically binarized**:
-# each time an image is used, every pixel is redrawn as a coin flip with the grey level as its
-# probability. Validation and test images are binarized once, with a fixed seed, so every bound
-# in the suite is computed on the same binary test set.
+# Both datasets are grey-level digit images. Their default likelihood is Bernoulli, which needs
+# binary pixels, so the training images are **dynamically binarized**: each time an image is used,
+# every pixel is redrawn as a coin flip with the grey level (scaled to [0, 1]) as its probability.
+# Validation and test images are binarized once, with a fixed seed, so every bound in the suite is
+# computed on the same binary test set.
+#
+# Observations keep their shape, (N, C, H, W): one channel of 8x8 (digits) or 28x28 (MNIST)
+# pixels. `data.x[split]` is the split as stored — grey levels in bytes, 0..16 for the digits,
+# 0..255 for MNIST — which is not what the model scores, since training images are binarized
+# afresh per batch. `data.observations(split)` gives the split as the model scores it (floats,
+# binarized with the fixed seed), `data.labels(split)` the class labels, and
+# `data.batches(split, batch_size)` yields `(x, y)` pairs for training.
 
 # %%
 data = pyro_vae.load_data(DATASET, DATA_DIR)
 print(f"{DATASET}: image shape {data.obs_shape}, likelihood {data.likelihood}, binarization {data.binarize}")
-print({split: tuple(x.shape) for split, x in data.x.items()})
+print("stored:", {split: (tuple(x.shape), str(x.dtype)) for split, x in data.x.items()})
+test = data.observations("test", DEVICE)
+print(f"scored: test {tuple(test.shape)} {test.dtype}, values {sorted(test.unique().tolist())}; "
+      f"labels {tuple(data.labels('test').shape)}")
 
 # %% [markdown]
 # ## The model and the guide
 #
-# `pyro_vae.build` turns a `RunConfig` into a model/guide pair. Here is the whole model: a prior
-# sample site `z` and an observed site `x`, both inside one `pyro.plate("data", N)` — the plate
-# declares the N images independent, which is what makes every bound a sum of per-image terms.
-# `poutine.scale(beta)` weights the latent site; with beta = 1 (always, in this tutorial) it
-# does nothing.
+# `pyro_vae.build` turns a `RunConfig` into a model/guide pair. Every model and guide of the suite
+# keeps one contract, and any Pyro pair that keeps it works with the suite's evaluation and
+# diagnostics:
+#
+# * they are called as `model(x, y=None)` and `guide(x, y=None)`: `x` a batch of observations in
+#   their own shape (N, C, H, W), `y` optional side information per datapoint — the class label
+#   of the conditional VAE of tutorial 08, `None` here;
+# * every per-datapoint sample site sits inside one `pyro.plate("data", N)`. The plate declares
+#   the N images independent, which is what makes every bound a sum of per-image terms, and lets
+#   the evaluation read one log-density per image off the traces;
+# * the model holds no KL weight. The beta of a beta-VAE, E_q[log p(x|z)] - beta KL, is applied
+#   from outside: `contract.ScaleLatents(beta)` scales every latent site of model and guide alike,
+#   and the training losses wrap both in it. So a model written by hand needs to know nothing of
+#   beta: the same model trains at any beta or under a KL warm-up, and is evaluated at beta = 1.
+#
+# Here is the whole model: a prior sample site `z` and an observed site `x` in the plate (`_decode`
+# runs the decoder network, which in the conditional VAE also receives y).
 
 # %%
 config = RunConfig(dataset=DATASET, data_dir=str(DATA_DIR), latent_dim=2, hidden=[256, 256],
@@ -81,42 +106,71 @@ print(inspect.getsource(pyro_vae.VAE.forward))
 # plate, with q(z|x) = N(mu(x), diag sigma(x)^2) from the encoder: `forward` is shared by every
 # guide of the suite, and `dist` is what each family defines. Tracing the guide and then
 # replaying the model on the guide's z gives every site with its distribution and shape: the
-# batch dimension is the plate; z has an event dimension of 2, x of 64 (8x8) or 784 (28x28).
+# batch dimension is the plate; z has an event shape of (2,), x the shape of one image, (1, 8, 8)
+# or (1, 28, 28) — the likelihood scores the image as it is, no flattening.
+#
+# Last, the KL weight from outside: traced under `ScaleLatents(0.5)`, the latent site `z` carries
+# the scale 0.5 and the observed site `x` keeps 1.
 
 # %%
 print(inspect.getsource(type(pair.guide).forward))
 print(inspect.getsource(type(pair.guide).dist))
-x = data.x["test"][:16]
+x = data.observations("test")[:16]
 guide_trace = poutine.trace(pair.guide).get_trace(x)
 model_trace = poutine.trace(poutine.replay(pair.model, trace=guide_trace)).get_trace(x)
 guide_trace.compute_log_prob()
 model_trace.compute_log_prob()
 print("guide trace:\n" + guide_trace.format_shapes())
 print("model trace:\n" + model_trace.format_shapes())
+with ScaleLatents(0.5):
+    scaled = poutine.trace(pair.model).get_trace(x)
+print("site scales under ScaleLatents(0.5):",
+      {name: float(site["scale"]) for name, site in scaled.nodes.items()
+       if site["type"] == "sample" and not site_is_subsample(site)})
 
 # %% [markdown]
 # ## The ELBO, by hand and by Pyro
 #
 # With one draw z ~ q(z|x) the ELBO estimate is log p(x|z) + log p(z) - log q(z|x): the model
 # trace's log-probabilities minus the guide trace's. Pyro's `Trace_ELBO` computes exactly this
-# (as a loss: its negative), and so does the suite's `loss_fn("elbo", ...)`, the loss the training
-# loop minimizes. With the same random seed all three draw the same z and agree to float
-# precision — the suite's model and guide are plain Pyro programs.
+# (as a loss: its negative), and so does the suite's `loss_fn("elbo", ...)`, the Monte-Carlo
+# objective. With the same random seed all three draw the same z and agree to float precision —
+# the suite's model and guide are plain Pyro programs.
+#
+# For this pair the KL term need not be sampled at all: between a diagonal Gaussian q(z|x) and
+# the N(0, I) prior it has a closed form. Pyro's `TraceMeanField_ELBO` (the suite's `meanfield`)
+# samples only the reconstruction term, log p(x|z) - KL(q(z|x) || p(z)). From the same z its value
+# differs from the others; over many draws both have the same mean, the ELBO, and the analytic
+# KL removes part of the noise — which is why it is the suite's default wherever every latent
+# site has such a KL.
 
 # %%
-def elbo_by_hand(seed):
+def elbo_by_hand(seed, analytic_kl=False):
     pyro.set_rng_seed(seed)
     g = poutine.trace(pair.guide).get_trace(x)
     m = poutine.trace(poutine.replay(pair.model, trace=g)).get_trace(x)
-    return ((m.log_prob_sum() - g.log_prob_sum()) / x.shape[0]).item()
+    if analytic_kl:
+        total = (m.nodes["x"]["fn"].log_prob(x) - kl_divergence(g.nodes["z"]["fn"], m.nodes["z"]["fn"])).sum()
+    else:
+        total = m.log_prob_sum() - g.log_prob_sum()
+    return (total / x.shape[0]).item()
+
+
+def by_suite(objective, seed):
+    pyro.set_rng_seed(seed)
+    return -pyro_vae.loss_fn(objective, pair.model, pair.guide)(x, torch.tensor(1.0)).item() / x.shape[0]
 
 
 pyro.set_rng_seed(1)
 by_pyro = -pyro.infer.Trace_ELBO().loss(pair.model, pair.guide, x) / x.shape[0]
-pyro.set_rng_seed(1)
-by_suite = -pyro_vae.loss_fn("elbo", pair.model, pair.guide)(x, torch.tensor(1.0)).item() / x.shape[0]
 print(f"ELBO of the untrained VAE, one sample, nats per image: by hand {elbo_by_hand(1):.4f}, "
-      f"Trace_ELBO {by_pyro:.4f}, pyro_vae.loss_fn {by_suite:.4f}")
+      f"Trace_ELBO {by_pyro:.4f}, pyro_vae.loss_fn('elbo') {by_suite('elbo', 1):.4f}")
+print(f"with the KL in closed form, same z: by hand {elbo_by_hand(1, analytic_kl=True):.4f}, "
+      f"pyro_vae.loss_fn('meanfield') {by_suite('meanfield', 1):.4f}")
+draws = {name: torch.tensor([by_suite(name, seed) for seed in range(200)]) for name in ("elbo", "meanfield")}
+for name, values in draws.items():
+    print(f"{name:9s} over 200 draws: mean {values.mean():.3f} ± {values.std() / 200 ** 0.5:.3f}, "
+          f"sd of one draw {values.std():.3f}")
 
 # %% [markdown]
 # ## Training
@@ -124,7 +178,10 @@ print(f"ELBO of the untrained VAE, one sample, nats per image: by hand {elbo_by_
 # `pyro_vae.fit` trains model and guide together with Adam on minibatches, one sample of z per
 # image, evaluates the validation ELBO after every epoch, keeps the best epoch's checkpoint, and
 # stops early when the validation ELBO stops improving. It returns the run directory, which holds
-# the config, checkpoints, per-epoch metrics and a few figures of its own.
+# the config, checkpoints, per-epoch metrics and a few figures of its own. The config names no
+# objective, so `fit` chooses when training starts: `meanfield` here, since the one latent site
+# has a closed-form KL to its prior; a guide or prior without one (a flow, a learned prior) gets
+# the Monte-Carlo `elbo`. The choice is stored in the run's config.
 #
 # The latent space is 2-D, far too small for a good density model of digits, but it can be drawn,
 # which is what this tutorial is after.
@@ -138,6 +195,7 @@ t0 = time.perf_counter()
 run_dir = pyro_vae.fit(bernoulli_config, progress=False if lesson.quick else None)
 print(f"trained {run_dir} in {time.perf_counter() - t0:.0f} s")
 run = pyro_vae.load_run(run_dir, DEVICE)  # the best epoch's checkpoint
+print(f"objective: {run.config.objective}")
 history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 best = max(history, key=lambda h: h["valid_elbo"])
 print(f"{len(history)} epochs; best validation ELBO {best['valid_elbo']:.2f} nats at epoch {best['epoch']}")
@@ -145,7 +203,8 @@ print(f"{len(history)} epochs; best validation ELBO {best['valid_elbo']:.2f} nat
 # %% [markdown]
 # ## Why reparameterize?
 #
-# Training just followed the gradient of a one-sample ELBO estimate. The gradient of E_q[f(z)]
+# Training just followed the gradient of a one-sample estimate: one z per image for the
+# reconstruction term, the KL term in closed form. The gradient of E_q[f(z)]
 # with respect to the encoder's output mu has two unbiased Monte-Carlo estimators. The
 # **score-function** (REINFORCE) estimator f(z) * d/dmu log q(z|x) needs only samples of z and
 # values of f. The **reparameterized** one writes z = mu + sigma * eps with eps ~ N(0, I), so
@@ -174,8 +233,8 @@ def gradient_variances(model, guide, x1, samples=2000):
     sigma = q.stddev.detach()
 
     def integrand(z, mu):
-        log_joint = model.prior().log_prob(z) + model.likelihood(model.decoder(z)).log_prob(x1)
-        return log_joint - torch.distributions.Normal(mu, sigma).log_prob(z).sum(-1)
+        log_prior, log_lik = model.log_terms(x1, z)  # log p(z), log p(x|z): the model's two sites
+        return log_prior + log_lik - torch.distributions.Normal(mu, sigma).log_prob(z).sum(-1)
 
     # each row of mu drives one sample, so the gradient of the sum gives per-sample gradients
     reparam = torch.autograd.grad(integrand(mu + sigma * eps, mu).sum(), mu)[0]
@@ -188,7 +247,7 @@ def gradient_variances(model, guide, x1, samples=2000):
             (("reparameterized", reparam), ("REINFORCE", plain), ("REINFORCE - baseline", baselined))}
 
 
-x1 = data.x["test"][:1].to(DEVICE)
+x1 = test[:1]
 print("q(z|x) is", type(run.pair.guide.dist(x1).base_dist).__name__, "with has_rsample =",
       run.pair.guide.dist(x1).has_rsample)
 pyro.set_rng_seed(0)
@@ -212,7 +271,6 @@ for name in table["trained"]:
 # * the number of **active units**, latent dimensions whose posterior mean varies with x.
 
 # %%
-test = data.x["test"].to(DEVICE)
 n_eval, k_eval = (len(test), 500) if lesson.quick else (min(2000, len(test)), 1000)
 pyro.set_rng_seed(0)
 result = evaluate(run.pair.model, run.pair.guide, test[:n_eval], iw_samples=k_eval)
@@ -238,8 +296,8 @@ lesson.figure(plots.image_grid(model.sample(64), data.obs_shape, OUT / "samples.
 with torch.no_grad():
     xs = test[:32]
     recon = model.decode_mean(guide.dist(xs).sample())
-lesson.figure(plots.image_grid(torch.stack([xs, recon], 1).reshape(-1, xs.shape[-1]), data.obs_shape,
-                        OUT / "reconstructions.png", title="test image | reconstruction"))
+lesson.figure(plots.image_grid(torch.stack([xs, recon], 1).flatten(0, 1), data.obs_shape,
+                               OUT / "reconstructions.png", title="test image | reconstruction"))
 
 # %% [markdown]
 # **The latent space.** Below, 100 test digits are drawn as their posterior q(z|x): the dot is
@@ -253,7 +311,7 @@ lesson.figure(plots.image_grid(torch.stack([xs, recon], 1).reshape(-1, xs.shape[
 with torch.no_grad():
     q100 = guide.dist(test[:100])
     means, sds = q100.mean.cpu(), q100.stddev.cpu()
-labels = data.y["test"][:100]
+labels = data.labels("test")[:100]
 fig, ax = plt.subplots(figsize=(6, 5.5))
 for m, s, y in zip(means, sds, labels):
     color = plt.cm.tab10(int(y))
@@ -295,7 +353,7 @@ gaussian_config = dataclasses.replace(bernoulli_config, likelihood="gaussian", b
 gaussian_dir = pyro_vae.fit(gaussian_config, progress=False if lesson.quick else None)
 gaussian = pyro_vae.load_run(gaussian_dir, DEVICE)
 grey = pyro_vae.load_data(DATASET, DATA_DIR, likelihood="gaussian", binarize="none")
-grey_test = grey.x["test"].to(DEVICE)
+grey_test = grey.observations("test", DEVICE)
 pyro.set_rng_seed(0)
 g_result = evaluate(gaussian.pair.model, gaussian.pair.guide, grey_test[:n_eval], iw_samples=k_eval)
 with torch.no_grad():
@@ -322,7 +380,7 @@ with torch.no_grad():
                       model.decode_mean(guide.dist(test[:16]).sample()),
                       gaussian.pair.model.decode_mean(gaussian.pair.guide.dist(grey_test[:16]).sample())])
 lesson.figure(plots.image_grid(rows, data.obs_shape, OUT / "likelihoods.png", nrow=16,
-                        title="data | Bernoulli | Gaussian reconstructions"))
+                               title="data | Bernoulli | Gaussian reconstructions"))
 
 # %% [markdown]
 # ## What next

@@ -83,6 +83,10 @@ for name, seed in (("diag", 0), ("other-seed", 1)):
 #   estimate), and distances between q's draws and the reference draws;
 # * writes `diagnose.md`, `diagnose.json`, all draws as an ArviZ `InferenceData` in
 #   `posteriors.nc`, and figures.
+#
+# The computation itself reads model and guides only through their Pyro traces, so it is not tied
+# to the suite's runs: `pyro_vae.diagnose_guides(model, {name: guide}, x)` returns the same report
+# for any model/guide pair of the model contract (tutorial 01), writing nothing.
 
 # %%
 diag_dir = OUT / "diagnose"
@@ -184,8 +188,8 @@ lesson.figure(diag_dir / "khat.png")
 # or 0.7 is borderline (draw more to decide), while the mismatched guide is beyond any such noise.
 
 # %%
-data = pyro_vae.load_data(DATASET, DATA_DIR).to(DEVICE)
-x = data.x["test"][report["images"]]
+data = pyro_vae.load_data(DATASET, DATA_DIR)
+x = data.observations("test", DEVICE)[report["images"]]  # the images diagnose scored
 model = pyro_vae.load_run(run_dirs[0], DEVICE).pair.model.eval()
 fig, ax = plt.subplots(figsize=(6.5, 4))
 for name, run_dir in report["runs"].items():

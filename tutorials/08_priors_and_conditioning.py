@@ -47,8 +47,9 @@ base = RunConfig(dataset=DATASET, data_dir=str(DATA_DIR), latent_dim=16 if lesso
                  hidden=[128, 128] if lesson.quick else [512, 512], epochs=30 if lesson.quick else 60,
                  batch_size=64 if lesson.quick else 128, lr=2e-3 if lesson.quick else 1e-3, patience=60,
                  seed=0, device=DEVICE)
-data = pyro_vae.load_data(DATASET, DATA_DIR).to(DEVICE)
-test = data.x["test"]
+data = pyro_vae.load_data(DATASET, DATA_DIR)
+test = data.observations("test", DEVICE)
+test_y = data.labels("test", DEVICE)  # for the conditional VAE of section 3
 n_eval = len(test) if lesson.quick or DEVICE == "cuda" else 2000
 K_EVAL = 200 if lesson.quick else 1000
 
@@ -57,13 +58,14 @@ def train(name: str, config: RunConfig):
     t0 = time.perf_counter()
     run = pyro_vae.load_run(pyro_vae.fit(dataclasses.replace(config, out=lesson.fresh(name)),
                                          progress=False if lesson.quick else None), DEVICE)
-    print(f"{name:14s} trained in {time.perf_counter() - t0:4.0f} s (best epoch {run.train_state.best_epoch})")
+    print(f"{name:14s} trained in {time.perf_counter() - t0:4.0f} s (best epoch {run.train_state.best_epoch}, "
+          f"objective {run.config.objective})")
     return run
 
 
-def bounds(run, x) -> dict:
+def bounds(run, x, y=None) -> dict:
     torch.manual_seed(0)
-    return evaluate(run.pair.model, run.pair.guide, x[:n_eval], iw_samples=K_EVAL)
+    return evaluate(run.pair.model, run.pair.guide, x[:n_eval], None if y is None else y[:n_eval], iw_samples=K_EVAL)
 
 
 def report(rows: dict) -> None:
@@ -79,7 +81,9 @@ def report(rows: dict) -> None:
 #
 # Three runs with the same budget: beta = 1 (the ELBO itself), beta = 4 (codes pay four times
 # the price per nat), and beta = 1 reached by a linear warm-up over the first third of training
-# (`warmup_epochs`). The KL per latent dimension, E_x KL(q(z_j|x) || N(0, 1)), says which
+# (`warmup_epochs`). The weight is applied from outside the model: the loss runs model and guide
+# under `contract.ScaleLatents(beta)`, which scales their latent sites, so one model serves every
+# weight and every schedule. The KL per latent dimension, E_x KL(q(z_j|x) || N(0, 1)), says which
 # dimensions carry information: a collapsed dimension carries none.
 
 # %%
@@ -113,10 +117,11 @@ lesson.save(fig, "beta_warmup.png", tight=False)
 # %% [markdown]
 # beta = 4 buys a smaller KL with a worse reconstruction, and its ELBO at beta = 1 is lower: it
 # optimizes another objective. It also keeps fewer dimensions (the tail of the left panel drops to
-# zero sooner). The warm-up run starts as a plain autoencoder — the KL costs nearly nothing in the
-# first epochs — so its early validation ELBO is poor (right panel); it then catches up, often with
-# more active dimensions than beta = 1 from the start. On a budget as short as `--quick`'s the
-# catching up may not be finished: warm-up pays off on long runs.
+# zero sooner; on the small 8x8 digits it may keep none). The warm-up run starts as a plain
+# autoencoder — the KL costs nearly nothing in the first epochs — so its early validation ELBO is
+# poor (right panel); it then catches up, often with more active dimensions than beta = 1 from the
+# start. On a budget as short as `--quick`'s the difference is small either way: warm-up pays off
+# on long runs.
 
 # %% [markdown]
 # ## 2. A learned prior
@@ -124,9 +129,13 @@ lesson.save(fig, "beta_warmup.png", tight=False)
 # Two runs with a 2-D latent, so that the prior can be drawn: the standard N(0, I), and
 # `prior="realnvp"` (four affine couplings). The panels show the density of each model's prior
 # under the codes E_q[z|x] of the test images (coloured by digit).
+#
+# Both name the Monte-Carlo `elbo`. A learned prior has no closed-form KL to the guide, so it
+# trains with that estimator anyway; left unset, the standard prior's run would get the
+# analytic-KL `meanfield`, and the comparison would mix the prior with the estimator.
 
 # %%
-base2 = dataclasses.replace(base, latent_dim=2)
+base2 = dataclasses.replace(base, latent_dim=2, objective="elbo")
 priors = {"standard": train("prior-standard", base2), "realnvp": train("prior-realnvp", dataclasses.replace(base2, prior="realnvp"))}
 rows2 = {name: bounds(run, test) for name, run in priors.items()}
 report(rows2)
@@ -140,7 +149,7 @@ for ax, (name, run) in zip(axes, priors.items()):
         zz = torch.stack(torch.meshgrid(g, g, indexing="xy"), -1).reshape(-1, 2).to(DEVICE)
         density = run.pair.model.prior().log_prob(zz).exp().reshape(150, 150).cpu()
     ax.contourf(g, g, density, levels=20, cmap="Greys")
-    ax.scatter(codes[:, 0], codes[:, 1], c=data.y["test"].cpu(), cmap="tab10", s=4)
+    ax.scatter(codes[:, 0], codes[:, 1], c=test_y.cpu(), cmap="tab10", s=4)
     ax.set(title=f"prior {name}: NLL {rows2[name]['nll']:.2f}", xlabel="z1", ylabel="z2")
 fig.tight_layout()
 lesson.save(fig, "learned_prior.png", tight=False)
@@ -156,9 +165,12 @@ lesson.save(fig, "learned_prior.png", tight=False)
 # %% [markdown]
 # ## 3. A conditional VAE: draw the digit you ask for
 #
-# `model="cvae"` conditions decoder and guide on the one-hot label. The data rows become
-# [pixels | one-hot y] (`Data.with_labels`), so objectives, evaluation and training handle them
-# like any other batch; the bounds are of log p(x|y).
+# `model="cvae"` conditions decoder and guide on the label. The label is an argument, not part of
+# the observation: the pair is called as `model(x, y)` and `guide(x, y)`, with y the integer class
+# labels (N,) — the contract of every model of the suite (tutorial 01), its optional second
+# argument now used. The decoder reads [z | one-hot y], and the guide's encoder joins one-hot y to
+# its features h(x) (`models.WithLabel`), so every head of q(z|x, y) sees the label. Training takes
+# y from each `(x, y)` batch, and evaluation takes it beside x; the bounds are of log p(x|y).
 #
 # A conditional NLL, -log p(x|y), is not comparable with an unconditional one: for the true
 # distribution, log p(x|y) - log p(x) averages to the mutual information I(x; y), up to
@@ -169,18 +181,16 @@ lesson.save(fig, "learned_prior.png", tight=False)
 
 # %%
 cvae = train("cvae", dataclasses.replace(base2, model="cvae"))
-labelled = data.with_labels(cvae.config.classes)
-row_c = bounds(cvae, labelled.x["test"])
+row_c = bounds(cvae, test, test_y)
 report({"vae (standard)": rows2["standard"], "cvae": row_c})
 classes = cvae.config.classes
 n_mix = n_eval if lesson.quick or DEVICE == "cuda" else 500  # ten estimates per image
-pixels = test[:n_mix]
+x_mix = test[:n_mix]
 torch.manual_seed(0)
-log_p_given = torch.stack([
-    per_datapoint(cvae.pair.model, cvae.pair.guide,
-                  torch.cat([pixels, torch.nn.functional.one_hot(torch.full((n_mix,), y, device=DEVICE), classes)
-                             .to(pixels.dtype)], 1), K_EVAL)["log_px"]
-    for y in range(classes)])
+log_p_given = torch.stack([  # log p(x|y) of every image under every label, (classes, n_mix)
+    per_datapoint(cvae.pair.model, cvae.pair.guide, x_mix, K_EVAL,
+                  y=torch.full((n_mix,), label, device=DEVICE))["log_px"]
+    for label in range(classes)])
 mixture_nll = -(torch.logsumexp(log_p_given, 0) - math.log(classes))
 print(f"cvae as the mixture (1/{classes}) sum_y p(x|y): NLL {mixture_nll.mean():.2f} ± "
       f"{mixture_nll.std() / math.sqrt(n_mix):.2f} on {n_mix} images (vae: {rows2['standard']['nll']:.2f})")
@@ -194,9 +204,9 @@ grid = torch.cat([model.decode_mean(z, torch.full((10,), digit)) for digit in ra
 lesson.figure(plots.image_grid(grid, data.obs_shape, OUT / "cvae_digits.png", nrow=10,
                                title="row: the label asked for; column: one z from the prior"))
 
-x8 = labelled.x["test"][:8]
-codes = cvae.pair.guide.mean(x8)  # the style of eight test images, their label known
-transfer = torch.cat([model.images(x8)] + [model.decode_mean(codes, torch.full((8,), digit)) for digit in range(10)])
+x8, y8 = test[:8], test_y[:8]
+codes = cvae.pair.guide.mean(x8, y8)  # the style of eight test images, their label known
+transfer = torch.cat([x8] + [model.decode_mean(codes, torch.full((8,), digit)) for digit in range(10)])
 lesson.figure(plots.image_grid(transfer, data.obs_shape, OUT / "cvae_style.png", nrow=8,
                                title="top: test images; below: their code decoded as 0, 1, ..., 9"))
 
