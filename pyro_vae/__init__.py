@@ -36,5 +36,6 @@ def __getattr__(name):
 
 __all__ = [
     "ARCHITECTURES", "DATASETS", "GUIDES", "LIKELIHOODS", "MODELS", "OBJECTIVES", "PRIORS", "VAE", "ConditionalVAE",
-    "Data", "PyroVAEError", "Registry", "RunConfig", "TrainingDiverged", "build", "build_guide", "diagnose_guides", "evaluate", "fit", "load_data", "load_run", "loss_fn",
+    "Data", "PyroVAEError", "Registry", "RunConfig", "TrainingDiverged", "build", "build_guide", "diagnose_guides",
+    "evaluate", "fit", "load_data", "load_run", "loss_fn",
 ]

@@ -160,17 +160,20 @@ def log_joint(model, x: torch.Tensor, values: dict[str, torch.Tensor], y=None, p
 
 @torch.no_grad()
 def site_means(guide, x: torch.Tensor, y=None, samples: int = 1000) -> dict[str, torch.Tensor]:
-    """Site name -> E_q[z|x] flattened to (N, d): closed form where the suite's guide has one."""
-    if hasattr(guide, "mean") and hasattr(guide, "dist"):
-        return {"z": guide.mean(x, y)}
+    """Site name -> E_q[z|x] flattened to (N, d): closed form where the suite's single-site guide
+    has one (a guide with ``site_name`` and ``mean``)."""
+    name = getattr(guide, "site_name", None)
+    if name is not None and callable(getattr(guide, "mean", None)):
+        return {name: guide.mean(x, y)}
     return {name: d.mean(0).reshape(x.shape[0], -1) for name, d in guide_draws(guide, x, y, samples).items()}
 
 
 @torch.no_grad()
 def site_moments(guide, x: torch.Tensor, y=None, samples: int = 1000) -> dict[str, tuple]:
     """Site name -> (mean, per-dimension variance) of q(z|x), each flattened to (N, d)."""
-    if hasattr(guide, "moments") and hasattr(guide, "dist"):
-        return {"z": guide.moments(x, y)}
+    name = getattr(guide, "site_name", None)
+    if name is not None and callable(getattr(guide, "moments", None)):
+        return {name: guide.moments(x, y)}
     out = {}
     for name, d in guide_draws(guide, x, y, samples).items():
         flat = d.reshape(samples, x.shape[0], -1)

@@ -66,6 +66,8 @@ class Data:
         the training split, or a :class:`PyroVAEError`."""
         if not self.labelled:
             raise PyroVAEError(f"a conditional model needs labelled data, and {self.name} has no labels")
+        if any(self.y[s].dtype.is_floating_point or self.y[s].dtype == torch.bool for s in SPLITS):
+            raise PyroVAEError(f"labels of {self.name} must be integers, got {self.y['train'].dtype}")
         low = min(int(self.y[s].min()) for s in SPLITS)
         found = max(int(self.y[s].max()) for s in SPLITS) + 1
         if low < 0:

@@ -180,8 +180,9 @@ def diagnose_guides(model, guides: dict, x: torch.Tensor, y=None, x_all: torch.T
     ref_report = {"method": reference, "chains": chains, "draws": draws, "warmup": warmup if reference == "nuts" else 0}
     if reference == "nuts":
         rhat, bulk, tail = diagnostics.rhat(ref), diagnostics.ess(ref, "bulk"), diagnostics.ess(ref, "tail")
-        ref_report.update(max_rhat=float(np.max(rhat)), min_ess_bulk=float(np.min(bulk)), min_ess_tail=float(np.min(tail)),
-                          rhat=rhat.tolist(), ess_bulk=bulk.tolist(), ess_tail=tail.tolist())
+        ref_report.update(max_rhat=float(np.max(rhat)), min_ess_bulk=float(np.min(bulk)),
+                          min_ess_tail=float(np.min(tail)), rhat=rhat.tolist(), ess_bulk=bulk.tolist(),
+                          ess_tail=tail.tolist())
         if np.max(rhat) > RHAT_LIMIT:
             warn.append(f"NUTS reference: max r-hat {np.max(rhat):.3f} > {RHAT_LIMIT}: the chains disagree; "
                         "raise --warmup/--draws")
@@ -221,7 +222,8 @@ def diagnose_guides(model, guides: dict, x: torch.Tensor, y=None, x_all: torch.T
             "reference": ref_report, "warnings": warn, "iw_samples": iw_samples, "is_samples": is_samples,
             "per_image": rows, "per_dimension": {n: {k: v for k, v in a.items() if k != "samples"}
                                                  for n, a in aggregate.items()},
-            "draws": {"reference": ref, **q_draws}, "aggregate_samples": {n: a["samples"] for n, a in aggregate.items()}}
+            "draws": {"reference": ref, **q_draws},
+            "aggregate_samples": {n: a["samples"] for n, a in aggregate.items()}}
 
 
 def diagnose(run_dirs: list[str], out: str | Path, images: int = 8, reference: str = "nuts", chains: int = 2,

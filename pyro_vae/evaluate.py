@@ -31,8 +31,10 @@ ACTIVE_UNIT_THRESHOLD = 0.01
 
 
 def fast_path(model, guide) -> bool:
-    """Whether the pair is the suite's single-site kind, scored directly (see ``log_weight_terms``)."""
-    return callable(getattr(model, "log_terms", None)) and callable(getattr(guide, "dist", None))
+    """Whether the pair is the suite's single-site kind, scored directly (see ``log_weight_terms``):
+    a model with ``log_terms(x, z, y)`` and a guide with ``dist(x, y)`` for its one site ``site_name``."""
+    return (callable(getattr(model, "log_terms", None)) and callable(getattr(guide, "dist", None))
+            and getattr(guide, "site_name", None) is not None)
 
 
 def log_weight_terms(model, guide, x: torch.Tensor, samples: int, y=None) -> dict:
@@ -52,7 +54,8 @@ def log_weight_terms(model, guide, x: torch.Tensor, samples: int, y=None) -> dic
         z = q.rsample((samples,)) if q.has_rsample else q.sample((samples,))
         log_prior, log_lik = model.log_terms(x, z, y)
         log_q = q.log_prob(z)
-        return {"log_lik": log_lik, "log_prior": log_prior, "log_q": log_q, "sites": {"z": (log_prior, log_q)}}
+        return {"log_lik": log_lik, "log_prior": log_prior, "log_q": log_q,
+                "sites": {guide.site_name: (log_prior, log_q)}}
     return trace_weight_terms(model, guide, x, samples, y)
 
 
@@ -172,8 +175,8 @@ def evaluate(model, guide, x: torch.Tensor, y=None, iw_samples: int = 5000, batc
     for m in modules:
         m.eval()
     try:
-        parts = [per_datapoint(model, guide, x[i:i + batch_size], iw_samples, max_elements, y=_rows(y, i, i + batch_size))
-                 for i in range(0, x.shape[0], batch_size)]
+        parts = [per_datapoint(model, guide, x[i:i + batch_size], iw_samples, max_elements,
+                               y=_rows(y, i, i + batch_size)) for i in range(0, x.shape[0], batch_size)]
         units = active_units_per_site(guide, x, y)
     finally:
         for m, mode in zip(modules, modes):

@@ -1,10 +1,11 @@
 """Encoder trunks and decoders, sized from the observation shape.
 
 An encoder trunk maps observations (..., *obs_shape) to hidden features h(x) of size
-``features`` (an MLP flattens the observation itself); the guide owns the heads that turn h(x) into posterior parameters, so flows can be
-conditioned on the same h(x). A decoder maps latents (..., L) to ``outputs_per_pixel * D``
-likelihood parameters laid out as [first parameter for all D pixels, second ..., ...]. Both accept
-any number of leading batch dimensions (vectorized particles add one).
+``features`` (an MLP flattens the observation itself); the guide owns the heads that turn h(x)
+into posterior parameters, so flows can be conditioned on the same h(x). A decoder maps latents
+(..., L) to ``outputs_per_pixel * D`` likelihood parameters laid out as [first parameter for all
+D pixels, second ..., ...], which the likelihood shapes into images. Both accept any number of
+leading batch dimensions (vectorized particles add one).
 """
 
 from __future__ import annotations

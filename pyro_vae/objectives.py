@@ -3,8 +3,9 @@
 ``loss_fn(name, model, guide)`` returns a callable ``loss(x, beta)`` (``loss(x, beta, y)`` with
 side information) giving the negative bound summed over the batch, differentiable, so plain
 torch optimizers train model and guide (Pyro's "ELBO as a module" interface). The KL weight beta
-scales every latent site of model and guide (``contract.ScaleLatents``). Model and guide keep their parameters as ordinary module
-state: nothing lives in Pyro's global parameter store, except under ``elbo-jit`` (see there).
+scales every latent site of model and guide (``contract.ScaleLatents``). Model and guide keep
+their parameters as ordinary module state: nothing lives in Pyro's global parameter store,
+except under ``elbo-jit`` (see there).
 """
 
 from __future__ import annotations

@@ -89,11 +89,6 @@ class Registry:
                                + (f"; its options: {known}" if known else "; it takes no options"))
         return {**entry.options(), **options}
 
-    def build(self, name: str, *args, options: dict | None = None, **kwargs):
-        """``entry.build(*args, **kwargs, **options)`` after checking the option names."""
-        self.check_options(name, options or {})
-        return self[name].build(*args, **kwargs, **(options or {}))
-
     def __contains__(self, name) -> bool:
         return isinstance(name, str) and name in self._entries
 

@@ -19,8 +19,10 @@ class AmortizedGuide(nn.Module):
     joins the label to the features, for models conditioned on it).
 
     ``dist(x, y)`` returns q(z|x) with batch shape (N,) and event shape (L,); ``forward(x, y)``
-    places it at the site "z" inside the "data" plate, as the model contract asks.
+    places it at the site ``site_name`` inside the "data" plate, as the model contract asks.
     """
+
+    site_name = "z"  # the one latent site; its name is what the single-site fast paths read
 
     def __init__(self, encoder: nn.Module, latent_dim: int):
         super().__init__()
@@ -52,7 +54,7 @@ class AmortizedGuide(nn.Module):
 
     def forward(self, x: torch.Tensor, y=None):
         with pyro.plate("data", x.shape[0]):
-            return pyro.sample("z", self.dist(x, y))
+            return pyro.sample(self.site_name, self.dist(x, y))
 
     @torch.no_grad()
     def mean(self, x: torch.Tensor, y=None, samples: int = 1000, chunk: int = 100) -> torch.Tensor:
