@@ -260,7 +260,7 @@ def write_report(report: dict, out: str | Path) -> None:
     """``diagnose.json`` and ``diagnose.md``, ``posteriors.nc`` (ArviZ) and the figures, into ``out``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    q_draws, ref, index = report.pop("draws"), None, report["images"]
+    q_draws, index = dict(report.pop("draws")), report["images"]
     ref = q_draws.pop("reference")
     aggregate = report.pop("aggregate_samples")
     shapes = {k: tuple(v) for k, v in report["latent_sites"].items()}
