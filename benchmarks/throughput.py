@@ -91,7 +91,7 @@ class Contender:
 
     def __init__(self, name, module, loss, x0=None, beta=None):
         if x0 is not None:
-            _prime(loss, x0, beta)  # as train.fit does: one validated call, compiling the JIT
+            _prime(module, loss, x0, beta)  # as train.fit does: one validated call, compiling the JIT
         self.name, self.loss, self.count = name, loss, 0
         self.optimizer = run.make_optimizer(module, LR)  # the suite's optimizer for every contender alike
 
@@ -147,7 +147,7 @@ def check_agreement(pair, x, beta) -> dict:
     with pyro.validation_enabled(True):
         for name in SUITE:
             loss = objectives.loss_fn(name, pair.model, pair.guide, 1)
-            _prime(loss, x, beta)
+            _prime(pair, loss, x, beta)
             suite, suite_grad = loss_and_grad(loss, [pair.guide.encoder, pair.guide.head, pair.model.decoder])
             base, base_grad = loss_and_grad(plain, [plain.encoder, plain.head, plain.decoder])
             out[name] = {"suite_loss": suite, "baseline_loss": base, "rel_diff": abs(suite - base) / abs(base),

@@ -16,6 +16,7 @@ from .config import BINARIZE_CHOICES, DEVICE_CHOICES, RunConfig
 from .data import DATASETS
 from .errors import PyroVAEError
 from .guides import GUIDES
+from .hierarchical import INFERENCE
 from .io import write_text_atomic
 from .likelihoods import LIKELIHOODS
 from .models import MODELS
@@ -62,7 +63,13 @@ TRAIN_FLAGS = [
     ("--arch", "arch", dict(help=ARCHITECTURES.choices())),
     ("--hidden", "hidden", dict(type=_int_list, help="hidden sizes, e.g. 500,500")),
     ("--activation", "activation", dict(help=", ".join(ACTIVATIONS))),
-    ("--latent-dim", "latent_dim", dict(type=int)),
+    ("--latent-dim", "latent_dim", dict(type=_int_list, help="size of z (8); a comma-separated list, e.g. 100,50, "
+                                                             "gives one stochastic layer per entry, nearest x first")),
+    ("--layer-hidden", "layer_hidden", dict(type=_int_list, help="hidden sizes of the networks between latent layers "
+                                                                 "(default 100,100)")),
+    ("--inference", "inference", dict(help=f"{INFERENCE.choices()} (several latent layers; default bottom-up)")),
+    ("--batch-norm", "batch_norm", dict(action="store_const", const=True,
+                                        help="batch normalization in the deterministic layers (mlp)")),
     ("--guide", "guide", dict(help=f"{', '.join(GUIDES)} (`pyro-vae guides` describes them)")),
     ("--prior", "prior", dict(help=PRIORS.choices())),
     ("--objective", "objective", dict(help=f"{OBJECTIVES.choices()}. Default: meanfield where every latent site "

@@ -36,7 +36,11 @@ class RunConfig:
     arch: str = "mlp"
     hidden: list[int] = field(default_factory=lambda: [256, 256])
     activation: str = "relu"
-    latent_dim: int = 8
+    latent_dim: int | list[int] = 8
+    # several stochastic layers: latent_dim lists their sizes, the layer nearest x first
+    layer_hidden: list[int] | None = None
+    inference: str = "bottom-up"
+    batch_norm: bool = False
     guide: str = "diag"
     guide_options: dict = field(default_factory=dict)
     prior: str = "standard"
@@ -58,9 +62,33 @@ class RunConfig:
     distributed: bool = False
     world_size: int = 1
 
+    @property
+    def latent_dims(self) -> list[int]:
+        """The sizes of the stochastic layers, the one nearest x first."""
+        return list(self.latent_dim) if isinstance(self.latent_dim, (list, tuple)) else [self.latent_dim]
+
     def validate(self) -> "RunConfig":
-        """Raise :class:`PyroVAEError` on a value no run could use; return self."""
-        positive_ints = ("latent_dim", "particles", "epochs", "batch_size", "patience")
+        """Raise :class:`PyroVAEError` on a value no run could use; return self. A one-entry
+        ``latent_dim`` list becomes its entry: one stochastic layer is the plain VAE."""
+        dims = self.latent_dims
+        if not dims or any(not isinstance(d, int) or isinstance(d, bool) or d <= 0 for d in dims):
+            raise PyroVAEError("--latent-dim must be a positive integer or a comma-separated list of them (one per "
+                               f"stochastic layer, the one nearest x first), got {self.latent_dim!r}")
+        self.latent_dim = dims[0] if len(dims) == 1 else dims
+        if self.layer_hidden is not None:
+            if len(dims) == 1:
+                raise PyroVAEError("--layer-hidden sizes the networks between latent layers, and --latent-dim "
+                                   f"{dims[0]} has one layer; give --latent-dim a list such as {dims[0]},{dims[0]}")
+            if not isinstance(self.layer_hidden, list) or any(
+                    not isinstance(h, int) or isinstance(h, bool) or h <= 0 for h in self.layer_hidden):
+                raise PyroVAEError(f"--layer-hidden must be a comma-separated list of positive integers, got "
+                                   f"{self.layer_hidden!r}")
+        if not isinstance(self.batch_norm, bool):
+            raise PyroVAEError(f"batch_norm must be true or false, got {self.batch_norm!r}")
+        if self.batch_norm and self.distributed:
+            raise PyroVAEError("--batch-norm cannot run with --distributed: each rank would keep its own running "
+                               "statistics")
+        positive_ints = ("particles", "epochs", "batch_size", "patience")
         for name in positive_ints:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import nets
+from . import hierarchical, nets
 from .errors import PyroVAEError
 from .likelihoods import LIKELIHOODS, Bernoulli, BernoulliLogits, Gaussian  # noqa: F401 (re-exported)
 from .priors import PRIORS, RealNVPPrior, StandardNormal  # noqa: F401 (re-exported)
@@ -29,6 +29,7 @@ class VAE(nn.Module):
         super().__init__()
         self.decoder, self.likelihood, self.prior = decoder, likelihood, prior
         self.latent_dim = latent_dim
+        self.latent_dims = (latent_dim,)
 
     def _decode(self, z: torch.Tensor, y=None) -> torch.Tensor:
         return self.decoder(z)
@@ -122,25 +123,41 @@ class ConditionalVAE(VAE):
         return self.likelihood.mean(self._decode(z, y))
 
 
+def _one_layer(config, model: str) -> int:
+    dims = config.latent_dims
+    if len(dims) > 1 and model != "vae":
+        raise PyroVAEError(f"--model {model} has one stochastic layer; --latent-dim {dims} asks for {len(dims)}")
+    if len(dims) == 1 and config.inference != "bottom-up":
+        raise PyroVAEError(f"--inference {config.inference} needs several stochastic layers, e.g. --latent-dim "
+                           f"{dims[0]},{max(1, dims[0] // 2)}")
+    return dims[0]
+
+
 def _build_vae(config, obs_shape, likelihood, make_guide, make_prior):
-    encoder, features, decoder = nets.build(config.arch, obs_shape, config.latent_dim, config.hidden,
-                                            config.activation, likelihood.outputs_per_pixel)
-    guide = make_guide(encoder, features)
-    return VAE(decoder, likelihood, make_prior(guide), config.latent_dim), guide
+    if len(config.latent_dims) > 1:
+        return hierarchical.build(config, obs_shape, likelihood, make_guide, make_prior)
+    latent = _one_layer(config, "vae")
+    encoder, features, decoder = nets.build(config.arch, obs_shape, latent, config.hidden, config.activation,
+                                            likelihood.outputs_per_pixel, batch_norm=config.batch_norm)
+    guide = make_guide(encoder, features, latent)
+    return VAE(decoder, likelihood, make_prior(guide, latent), latent), guide
 
 
 def _build_cvae(config, obs_shape, likelihood, make_guide, make_prior):
     if not config.classes or config.classes < 2:
         raise PyroVAEError(f"--model cvae needs at least 2 label classes, got {config.classes!r}")
-    encoder, features, decoder = nets.build(config.arch, obs_shape, config.latent_dim + config.classes,
-                                            config.hidden, config.activation, likelihood.outputs_per_pixel)
-    guide = make_guide(WithLabel(encoder, config.classes), features + config.classes)
-    model = ConditionalVAE(decoder, likelihood, make_prior(guide), config.latent_dim, config.classes)
+    latent = _one_layer(config, "cvae")
+    encoder, features, decoder = nets.build(config.arch, obs_shape, latent + config.classes, config.hidden,
+                                            config.activation, likelihood.outputs_per_pixel,
+                                            batch_norm=config.batch_norm)
+    guide = make_guide(WithLabel(encoder, config.classes), features + config.classes, latent)
+    model = ConditionalVAE(decoder, likelihood, make_prior(guide, latent), latent, config.classes)
     return model, guide
 
 
 MODELS = Registry("model")
-MODELS.add("vae", _build_vae, "p(z) p(x|z) with the guide q(z|x)", reference="Kingma & Welling 2014, arXiv:1312.6114",
+MODELS.add("vae", _build_vae, "p(z) p(x|z) with the guide q(z|x); with several --latent-dim entries, "
+           "p(z_L) ... p(z_1|z_2) p(x|z_1) (see --inference)", reference="Kingma & Welling 2014, arXiv:1312.6114",
            conditional=False)
 MODELS.add("cvae", _build_cvae, "p(z) p(x|z, y) conditioned on the class label y, guide q(z|x, y)",
            reference="Kingma et al. 2014, arXiv:1406.5298; Sohn et al. 2015", conditional=True)

@@ -19,20 +19,31 @@ from .errors import PyroVAEError
 from .registry import Registry
 
 ACTIVATIONS = Registry("activation")
-for _name, _cls in (("relu", nn.ReLU), ("tanh", nn.Tanh), ("elu", nn.ELU), ("softplus", nn.Softplus)):
-    ACTIVATIONS.add(_name, _cls, f"torch.nn.{_cls.__name__}")
+for _name, _cls in (("relu", nn.ReLU), ("tanh", nn.Tanh), ("elu", nn.ELU), ("softplus", nn.Softplus),
+                    ("identity", nn.Identity)):
+    ACTIVATIONS.add(_name, _cls, f"torch.nn.{_cls.__name__}" + (" (linear networks)" if _name == "identity" else ""))
 
 
 def activation(name: str) -> type[nn.Module]:
     return ACTIVATIONS[name].build
 
 
-def mlp(sizes: list[int], act: type[nn.Module], final_act: bool) -> nn.Sequential:
+class BatchNorm(nn.BatchNorm1d):
+    """Batch normalization over the last dimension, with any leading dimensions (vectorized
+    particles add one) pooled into the batch."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.reshape(-1, x.shape[-1])).reshape(x.shape)
+
+
+def mlp(sizes: list[int], act: type[nn.Module], final_act: bool, batch_norm: bool = False) -> nn.Sequential:
+    """Linear layers of ``sizes``, each but the last followed by ``act`` (the last too with
+    ``final_act``); with ``batch_norm``, a :class:`BatchNorm` before each activation."""
     layers: list[nn.Module] = []
     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
         layers.append(nn.Linear(a, b))
         if final_act or i < len(sizes) - 2:
-            layers.append(act())
+            layers += [BatchNorm(b), act()] if batch_norm else [act()]
     return nn.Sequential(*layers)
 
 
@@ -80,18 +91,23 @@ class _Crop(nn.Module):
         return x[..., : self.height, : self.width]
 
 
-def build_mlp(obs_shape: tuple, latent_dim: int, hidden: list[int], act_name: str, outputs_per_pixel: int):
+def build_mlp(obs_shape: tuple, latent_dim: int, hidden: list[int], act_name: str, outputs_per_pixel: int,
+              batch_norm: bool = False):
     """Returns (encoder trunk, features, decoder) of the fully connected architecture."""
     d = math.prod(obs_shape)
     act = activation(act_name)
-    encoder = FlatMLP(mlp([d] + list(hidden), act, final_act=True), obs_shape)
-    decoder = mlp([latent_dim] + list(reversed(hidden)) + [outputs_per_pixel * d], act, final_act=False)
+    encoder = FlatMLP(mlp([d] + list(hidden), act, final_act=True, batch_norm=batch_norm), obs_shape)
+    decoder = mlp([latent_dim] + list(reversed(hidden)) + [outputs_per_pixel * d], act, final_act=False,
+                  batch_norm=batch_norm)
     return encoder, hidden[-1], decoder
 
 
-def build_conv(obs_shape: tuple, latent_dim: int, hidden: list[int], act_name: str, outputs_per_pixel: int):
+def build_conv(obs_shape: tuple, latent_dim: int, hidden: list[int], act_name: str, outputs_per_pixel: int,
+               batch_norm: bool = False):
     """Two stride-2 convolutions (32, 64 channels) and a dense layer of ``hidden[-1]`` units,
     mirrored by the decoder; works for any image of at least 4x4 pixels."""
+    if batch_norm:
+        raise PyroVAEError("--batch-norm applies to --arch mlp (and the layers between latent layers), not conv")
     if len(obs_shape) != 3 or min(obs_shape[1:]) < 4:
         raise PyroVAEError(f"--arch conv needs images of at least 4x4 pixels; the data has shape {obs_shape}")
     c, h, w = obs_shape
@@ -117,6 +133,8 @@ ARCHITECTURES.add("mlp", build_mlp, "fully connected layers of --hidden units (t
 ARCHITECTURES.add("conv", build_conv, "two stride-2 convolutions (32, 64 channels) and a dense layer; images only")
 
 
-def build(arch: str, obs_shape: tuple, latent_dim: int, hidden: list[int], act_name: str, outputs_per_pixel: int):
+def build(arch: str, obs_shape: tuple, latent_dim: int, hidden: list[int], act_name: str, outputs_per_pixel: int,
+          batch_norm: bool = False):
     """Look up ``arch`` in :data:`ARCHITECTURES` and build (encoder, features, decoder)."""
-    return ARCHITECTURES[arch].build(tuple(obs_shape), latent_dim, hidden, act_name, outputs_per_pixel)
+    return ARCHITECTURES[arch].build(tuple(obs_shape), latent_dim, hidden, act_name, outputs_per_pixel,
+                                     batch_norm=batch_norm)

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from . import data as data_mod
-from . import guides, likelihoods, models, nets, objectives, priors
+from . import guides, hierarchical, likelihoods, models, nets, objectives, priors
 from .config import RunConfig
 from .errors import PyroVAEError
 from .io import atomic_path
@@ -44,7 +44,8 @@ def check_names(config: RunConfig) -> None:
         if name is not None:  # None: resolved when training starts
             registry.check(name)
     for registry, name in ((models.MODELS, config.model), (priors.PRIORS, config.prior),
-                           (nets.ARCHITECTURES, config.arch), (nets.ACTIVATIONS, config.activation)):
+                           (nets.ARCHITECTURES, config.arch), (nets.ACTIVATIONS, config.activation),
+                           (hierarchical.INFERENCE, config.inference)):
         registry.check(name)
 
 
@@ -60,11 +61,11 @@ def build(config: RunConfig, obs_shape: tuple) -> Pair:
     """Model and guide for ``config`` (likelihood resolved) and data of shape ``obs_shape``."""
     likelihood = likelihoods.build(config.likelihood, obs_shape, config.min_scale)
 
-    def make_guide(encoder: nn.Module, features: int) -> nn.Module:
-        return guides.build(config.guide, encoder, features, config.latent_dim, **config.guide_options)
+    def make_guide(encoder: nn.Module, features: int, latent_dim: int) -> nn.Module:
+        return guides.build(config.guide, encoder, features, latent_dim, **config.guide_options)
 
-    def make_prior(guide: nn.Module) -> nn.Module:
-        return priors.build(config.prior, config.latent_dim, guide=guide)
+    def make_prior(guide: nn.Module, latent_dim: int) -> nn.Module:
+        return priors.build(config.prior, latent_dim, guide=guide)
 
     model, guide = models.MODELS[config.model].build(config, tuple(obs_shape), likelihood, make_guide, make_prior)
     return Pair(model, guide)

@@ -17,6 +17,7 @@ import dataclasses
 import json
 import math
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pyro
@@ -59,23 +60,33 @@ def _write_metrics(run_dir: Path, history: list) -> None:
     write_text_atomic(run_dir / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
 
 
-def _prime(loss, *args) -> None:
-    """Run the loss once, validated, with RNG state restored after: the JIT objective compiles on
-    its first call and draws extra random numbers then, which would make a resumed run differ."""
+@contextmanager
+def _unchanged(pair):
+    """Run a block that leaves no trace: RNG states and module buffers (batch-norm statistics)
+    restored after it, so a resumed run continues exactly as an uninterrupted one."""
     state = get_rng_state()
-    with pyro.validation_enabled(True):
+    buffers = [(b, b.detach().clone()) for b in pair.buffers()]
+    try:
+        yield
+    finally:
+        set_rng_state(state)
+        with torch.no_grad():
+            for b, saved in buffers:
+                b.copy_(saved)
+
+
+def _prime(pair, loss, *args) -> None:
+    """Run the loss once, validated, leaving no trace: the JIT objective compiles on its first call
+    and draws extra random numbers then, which would make a resumed run differ."""
+    with _unchanged(pair), pyro.validation_enabled(True):
         loss(*args)
-    set_rng_state(state)
 
 
 def _resolve_objective(pair, x: torch.Tensor, y) -> str:
-    """The default objective for this pair (``objectives.default_objective``), leaving the RNG
-    stream as it was, so a run's draws do not depend on whether its objective was named."""
-    state = get_rng_state()
-    try:
+    """The default objective for this pair (``objectives.default_objective``), leaving no trace,
+    so a run's draws do not depend on whether its objective was named."""
+    with _unchanged(pair):
         return objectives.default_objective(pair.model, pair.guide, x, y)
-    finally:
-        set_rng_state(state)
 
 
 def fit(config: RunConfig, resume: bool = False, progress: bool | None = None, epochs: int | None = None) -> Path:
@@ -124,6 +135,8 @@ def _train(config: RunConfig, run_dir: Path, checkpoint, ctx: distributed.Single
     first = (first[0], first[1] if labels else None)
     if config.objective is None:
         config.objective = _resolve_objective(pair, *first)
+    with _unchanged(pair):
+        objectives.check_objective(config.objective, pair.model, pair.guide, *first)
     optimizer = make_optimizer(pair, config.lr)
     state = TrainState()
     if checkpoint is not None:
@@ -140,7 +153,7 @@ def _train(config: RunConfig, run_dir: Path, checkpoint, ctx: distributed.Single
         return (x, one * beta) + ((y,) if labels else ())
 
     wrapped = ctx.wrap(loss, config.objective)  # before priming: a refused objective fails before it compiles
-    _prime(loss, *args(*first, kl_weight(config, state.step, steps_per_epoch)))
+    _prime(pair, loss, *args(*first, kl_weight(config, state.step, steps_per_epoch)))
     loss = wrapped
 
     def save(*names: str) -> None:
