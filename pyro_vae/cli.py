@@ -315,7 +315,9 @@ def cmd_diagnose(args) -> int:
 def cmd_guides(args) -> int:
     for name, spec in GUIDES.items():
         options = ", ".join(f"{k}={v}" for k, v in spec.options().items())
-        print(f"{name:<12} {spec.about}  [{spec.reference}]" + (f"\n{'':<12} options: {options}" if options else ""))
+        layers = "one, or the bottom layer of several (bottom-up" + (", ladder)" if spec.meta.get("ladder") else ")")
+        print(f"{name:<12} {spec.about}  [{spec.reference}]" + (f"\n{'':<12} options: {options}" if options else "")
+              + f"\n{'':<12} layers: {layers}")
     return 0
 
 

@@ -31,6 +31,7 @@ from torch import nn
 
 from . import contract, nets
 from .errors import PyroVAEError
+from .guides import GUIDES
 from .guides.base import MIN_SCALE
 from .registry import Registry
 
@@ -165,8 +166,9 @@ def _bottom_up(config, parts) -> nn.Module:
 
 
 def _ladder(config, parts) -> nn.Module:
-    if config.guide != "diag":
-        raise PyroVAEError(f"--inference ladder merges diagonal Gaussians layer by layer and takes --guide diag; "
+    if not GUIDES[config.guide].meta.get("ladder"):
+        takes = ", ".join(name for name, entry in GUIDES.items() if entry.meta.get("ladder"))
+        raise PyroVAEError(f"--inference ladder merges diagonal Gaussians layer by layer and takes --guide {takes}; "
                            f"--guide {config.guide} works with --inference bottom-up (on the bottom layer)")
     dims, hidden, act, bn = parts["dims"], parts["layer_hidden"], parts["act"], config.batch_norm
     width = hidden[-1] if hidden else parts["features"]

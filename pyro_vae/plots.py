@@ -104,7 +104,7 @@ def training_figures(run_dir: Path, pair, data, history: list) -> list[Path]:
     # a conditional model draws the classes in turn: one class per column
     written.append(image_grid(model.sample(8 * (model.classes or 8)), data.obs_shape, run_dir / "samples.png",
                               nrow=model.classes or 8, title="prior samples"))
-    if model.latent_dim == 2:
+    if model.latent_dim == 2 and len(getattr(model, "latent_dims", (2,))) == 1:
         written.append(latent_scatter(pair.guide, x_test, labels, run_dir / "latent_scatter.png", y=y_test))
         if not model.classes:  # a decoded latent grid needs one label per image to mean anything
             written.append(manifold(model, data.obs_shape, run_dir / "manifold.png"))

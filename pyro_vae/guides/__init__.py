@@ -20,8 +20,10 @@ FLOW_OPTIONS = {"flows": "number of flow steps K",
                 "flow_hidden": "hidden sizes of each flow step's hypernetwork, e.g. 320,320"}
 
 GUIDES = Registry("guide")
+# Every family serves a one-layer model, and the bottom layer of a hierarchical one under
+# bottom-up inference; ``ladder`` marks those the ladder's precision-weighted merge can take.
 GUIDES.add("diag", DiagonalGaussian, "mean-field Gaussian N(mu(x), diag sigma(x)^2)",
-           reference="Kingma & Welling 2014, arXiv:1312.6114")
+           reference="Kingma & Welling 2014, arXiv:1312.6114", ladder=True)
 GUIDES.add("full", FullCovariance, "full-covariance Gaussian, Cholesky factor from the encoder",
            reference="Kingma & Welling 2014, arXiv:1312.6114")
 GUIDES.add("const-var", ConstantVariance, "encoder gives the mean only; one learned variance per dimension",
