@@ -48,9 +48,17 @@ class Anchor:
 STATIC = {"dataset": "binarized-mnist", "binarize": "none"}
 DYNAMIC = {"dataset": "mnist", "binarize": "dynamic"}
 RM_NET = {"arch": "mlp", "hidden": (400,), "latent_dim": 40, "particles": 1}
-BURDA_NET = {"arch": "mlp", "hidden": (200, 200), "latent_dim": 50, "activation": "tanh", "guide": "diag"}
+BURDA_NET = {"arch": "mlp", "hidden": (200, 200), "latent_dim": 50, "activation": "tanh", "guide": "diag",
+             "batch_norm": False}
+# Burda et al.'s two stochastic layers: 784-200-200-z1(100)-100-100-z2(50) tanh, q(z1|x) q(z2|z1)
+BURDA2_NET = {"arch": "mlp", "hidden": (200, 200), "latent_dim": (100, 50), "layer_hidden": (100, 100),
+              "activation": "tanh", "guide": "diag", "inference": "bottom-up", "batch_norm": False}
+# Sonderby et al.'s five-layer LVAE as the suite approximates it (nll.NETS["lvae"], the paper tier's notes)
+LVAE_NET = {"arch": "mlp", "hidden": (512, 512), "latent_dim": (64, 32, 16, 8, 4), "layer_hidden": (160, 160),
+            "activation": "relu", "guide": "diag", "inference": "ladder", "batch_norm": True, "warmup_epochs": 200}
 RM = "Rezende & Mohamed 2015, arXiv:1505.05770"
 BURDA = "Burda et al. 2016, arXiv:1509.00519"
+SONDERBY = "Sønderby et al. 2016, arXiv:1602.02282"
 
 # From ../shared/ANCHORS.md. Van den Berg et al.'s and Kingma et al.'s conv figures have no cell
 # here: their gated-conv and ResNet networks are not the suite's conv architecture.
@@ -70,6 +78,16 @@ ANCHORS: dict[str, Anchor] = {
                                          note="3280 epochs, 5000 IS")
        for obj, values in (("elbo", (86.76, 86.47, 86.35)), ("iwae", (86.76, 85.54, 84.78)))
        for k, value in zip((1, 5, 50), values)},
+    **{f"burda2-dynamic-{obj}{k}": Anchor("nll", value, f"Burda 2-layer {'VAE' if obj == 'elbo' else 'IWAE'} k={k}",
+                                          {**DYNAMIC, **BURDA2_NET, "objective": obj, "particles": k},
+                                          f"{BURDA}, Table 1", note="two stochastic layers, 3280 epochs, 5000 IS")
+       for obj, values in (("elbo", (85.33, 85.01, 84.78)), ("iwae", (85.33, 83.89, 82.90)))
+       for k, value in zip((1, 5, 50), values)},
+    "lvae5-dynamic-finetuned-iw10": Anchor(
+        "nll", 81.74, "LVAE 5 layers, fine-tuned with IW=10",
+        {**DYNAMIC, **LVAE_NET, "objective": "elbo", "particles": 1}, f"{SONDERBY}, Table 1",
+        note="the row \"LVAE, 5-layer + finetuning + IW=10\": after the 2000 epochs, 2000 more with a decaying "
+             "learning rate and 10 importance samples in training, which this cell does not run; 5000 IS"),
 }
 
 
@@ -115,10 +133,16 @@ def row(r: dict, footnotes: dict) -> list[str]:
         gap = r[a.metric] - a.value
         published.append(f"{a.label}: {a.bound + ' ' if a.bound else ''}{a.value:.2f} [{n}] (ours {gap:+.2f})")
     params = r["parameters"]
+    total = params.get("total", params["model"] + params["guide"])  # lines before "total": no sharing
     flag = " †" if r["contended"] else ""
+    units = f"{r['active_units']}/{r['latent_dim']}"
+    sites = r.get("active_units_per_site") or {}
+    if len(sites) > 1:  # several stochastic layers: each one's share, nearest x first
+        order = sorted(sites, key=lambda s: (len(s), s))  # z1, z2, ..., z10: nearest x first
+        units += " (" + ", ".join(f"{s} {sites[s]}/{r['latent_dims_per_site'][s]}" for s in order) + ")"
     return [f"`{r['id']}`", images, f"{r['epochs']} ({r['best_epoch']})", _pm(r["neg_elbo"], r["neg_elbo_se"]),
-            f"{_pm(r['nll'], r['nll_se'])} ({r['iw_samples']})", bpd, f"{r['active_units']}/{r['latent_dim']}",
-            f"{r['seconds_per_epoch']:.2f}{flag}", memory, f"{params['model'] + params['guide']:,}",
+            f"{_pm(r['nll'], r['nll_se'])} ({r['iw_samples']})", bpd, units,
+            f"{r['seconds_per_epoch']:.2f}{flag}", memory, f"{total:,}",
             f"{r['wall_seconds']:.0f}", "; ".join(published)]
 
 
@@ -137,7 +161,10 @@ def markdown(tier: str, device: str, records: list[dict], missing: list[str], co
              "the K importance draws; NLL: −log (1/K) Σ p(x, z_k)/q(z_k|x) with K importance samples "
              "(the column gives K), an upper bound in expectation, ± the standard error over test images. "
              "Both from the checkpoint with the best validation ELBO (epoch in brackets).", "",
-             "Cell ids read `data.network.guide[K flows].objective[k]`. `binarized-mnist` is the static "
+             "Cell ids read `data.network.guide[K flows][.ladder].objective[k]`; a network with several "
+             "stochastic layers lists their sizes nearest x first (`z100-50`), then the hidden units of the "
+             "MLPs between them (`lh100-100`) and `-bn` for batch norm; `.ladder`: ladder inference, otherwise "
+             "bottom-up (active units then per layer in brackets). `binarized-mnist` is the static "
              "Larochelle–Murray binarization (its test split is sorted by label, so a subset is strided); "
              "`-dynamic` data resample the training pixels every time they are used, and their test split is "
              "binarized once with a fixed seed. Static and dynamic figures are never compared with each other.", "",
@@ -158,7 +185,8 @@ def markdown(tier: str, device: str, records: list[dict], missing: list[str], co
     notes.append("s/epoch: wall seconds of one training pass plus the validation ELBO, from the run's "
                  "`metrics.jsonl`. Peak RSS: the process's high-water mark after the cell and how much this cell "
                  "raised it (0 when an earlier cell in the same process had used more). Parameters: model + "
-                 "guide. Wall s: training, evaluation and loading.")
+                 "guide, each parameter once (a ladder guide shares the model's generative networks). Wall s: "
+                 "training, evaluation and loading.")
     lines += [""] + [f"- {n}" for n in notes]
     if footnotes:
         lines += ["", "Published figures (nats; from `../shared/ANCHORS.md`, which lists the settings):", ""]

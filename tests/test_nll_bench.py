@@ -4,6 +4,7 @@ The whole smoke tier (7 cells on the bundled digits) runs once per module, about
 busy 2-core machine, so it stays in the default test run.
 """
 
+import dataclasses
 import importlib.util
 import math
 import sys
@@ -196,6 +197,122 @@ def test_published_figures_sit_only_beside_cells_of_their_setting():
     for cell_id, keys in by_id.items():
         for key in keys:  # static figures beside static cells only, dynamic beside dynamic
             assert ("dynamic" in key) == cell_id.startswith("mnist-dynamic"), (cell_id, key)
+
+
+HIERARCHICAL_IDS = {
+    "standard": [
+        "mnist-dynamic.mlp200-200-tanh-z100-50-lh100-100.diag.elbo1",
+        "mnist-dynamic.mlp200-200-tanh-z100-50-lh100-100.diag.iwae5",
+        "mnist-dynamic.mlp200-200-tanh-z100-50-lh100-100-bn.diag.ladder.elbo1",
+    ],
+    "paper": [f"mnist-dynamic.mlp200-200-tanh-z100-50-lh100-100.diag.{obj}{k}"
+              for obj in ("elbo", "iwae") for k in (1, 5, 50)]
+    + ["mnist-dynamic.mlp512-512-z64-32-16-8-4-lh160-160-bn.diag.ladder.elbo1"],
+}
+
+
+def _cell_of(record: dict):
+    """The Cell a results line was written for, from its stored fields (JSON lists back to tuples)."""
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in record["cell"].items()}
+    return nll.Cell(**fields)
+
+
+def test_the_results_in_the_repository_keep_their_ids():
+    """Lines written before hierarchical cells existed lack their fields: the defaults must give
+    back the very id each line is keyed by, and that id must still be a declared cell."""
+    results = ROOT / "benchmarks" / "results"
+    for tier in ("smoke", "standard"):
+        declared = {c.id for c in nll.TIERS[tier]}
+        for r in _records(results, tier, "cpu"):
+            assert _cell_of(r).id == r["id"], r["id"]
+            assert r["id"] in declared, r["id"]
+
+
+def test_the_hierarchical_cells_are_declared_with_distinct_readable_ids():
+    for tier, ids in HIERARCHICAL_IDS.items():
+        declared = [c.id for c in nll.TIERS[tier]]
+        assert [i for i in declared if "-z100-50" in i or "-z64-" in i] == ids
+    # --only with the full id of a standard-tier hierarchical cell selects that cell alone (in the
+    # paper tier, as for the one-layer cells, "...elbo5" is also part of "...elbo50")
+    declared = [c.id for c in nll.TIERS["standard"]]
+    assert all(sum(i in other for other in declared) == 1 for i in HIERARCHICAL_IDS["standard"])
+    by_id = {c.id: c for c in nll.TIERS["paper"] + nll.TIERS["standard"]}
+    ladder = by_id["mnist-dynamic.mlp200-200-tanh-z100-50-lh100-100-bn.diag.ladder.elbo1"]
+    assert (ladder.inference, ladder.batch_norm, ladder.warmup_epochs, ladder.epochs) == ("ladder", True, 5, 25)
+    lvae = by_id["mnist-dynamic.mlp512-512-z64-32-16-8-4-lh160-160-bn.diag.ladder.elbo1"]
+    assert (lvae.epochs, lvae.batch_size, lvae.warmup_epochs, lvae.iw_samples) == (2000, 256, 200, 5000)
+    two = by_id["mnist-dynamic.mlp200-200-tanh-z100-50-lh100-100.diag.iwae5"]
+    one = by_id["mnist-dynamic.mlp200-200-tanh-z50.diag.iwae5"]
+    assert [getattr(two, f) for f in ("epochs", "batch_size", "test_stride", "iw_samples")] == \
+        [getattr(one, f) for f in ("epochs", "batch_size", "test_stride", "iw_samples")]
+    with pytest.raises(ValueError, match="layer_hidden"):
+        dataclasses.replace(two, layer_hidden=None)
+    with pytest.raises(ValueError, match="layer_hidden"):
+        dataclasses.replace(one, layer_hidden=(100, 100))
+
+
+@pytest.mark.parametrize("cell_id", [i for ids in HIERARCHICAL_IDS.values() for i in ids])
+def test_every_hierarchical_cell_validates_builds_and_trains_one_step(cell_id, tmp_path):
+    from pyro_vae import hierarchical, objectives, run
+    cell = next(c for cells in nll.TIERS.values() for c in cells if c.id == cell_id)
+    config = cell.config(None, "cpu", tmp_path / "run").validate()
+    run.check_names(config)
+    assert config.latent_dims == list(cell.latent_dims) and config.layer_hidden == list(cell.layer_hidden)
+    pair = run.build(config, (1, 28, 28))
+    assert pair.model.latent_dims == cell.latent_dims
+    guide_type = hierarchical.LadderGuide if cell.inference == "ladder" else hierarchical.BottomUpGuide
+    assert type(pair.guide) is guide_type
+    x = torch.bernoulli(torch.full((4, 1, 28, 28), 0.3))
+    objectives.check_objective(cell.objective, pair.model, pair.guide, x)
+    loss = objectives.loss_fn(cell.objective, pair.model, pair.guide, cell.particles)(x, torch.tensor(1.0))
+    loss.backward()
+    assert torch.isfinite(loss)
+    grads = [p.grad for p in pair.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+def test_a_hierarchical_cell_records_and_shows_every_layer(tmp_path, monkeypatch):
+    """A two-layer ladder cell on the bundled digits, end to end: per-layer active units in the
+    line and in the table."""
+    net = nll.Net("mlp", (32,), "relu", (6, 3), layer_hidden=(16,), inference="ladder", batch_norm=True)
+    monkeypatch.setitem(nll.NETS, "tiny2", net)
+    cell = nll.make_cell("digits", "tiny2", "diag", None, "elbo", 1,
+                         nll.Budget(epochs=2, batch_size=128, iw_samples=10, warmup_epochs=1))
+    assert cell.id == "digits-dynamic.mlp32-z6-3-lh16-bn.diag.ladder.elbo1"
+    monkeypatch.setitem(nll.TIERS, "hier-check", [cell])
+    results = tmp_path / "results"
+    assert _run(["--tier", "hier-check", "--threads", "1"], results, tmp_path / "work") == 0
+    (r,) = _records(results, "hier-check", "cpu")
+    assert r["latent_dims_per_site"] == {"z1": 6, "z2": 3} and r["latent_dim"] == 9
+    assert set(r["active_units_per_site"]) == {"z1", "z2"} and set(r["kl_per_site"]) == {"z1", "z2"}
+    assert sum(r["active_units_per_site"].values()) == r["active_units"]
+    assert r["nll"] <= r["neg_elbo"] + 1e-4
+    # the ladder guide shares the model's p(z1|z2) network: counted once in the total
+    shared = sum(p.numel() for p in nll.load_run(tmp_path / "work" / "cpu" / cell.id, torch.device("cpu"),
+                                                 nll.BEST).pair.model.conditionals.parameters())
+    params = r["parameters"]
+    assert shared > 0 and params["total"] == params["model"] + params["guide"] - shared
+    row = _md_rows(results / "hier-check-cpu.md")[cell.id]
+    assert int(row["parameters"].replace(",", "")) == params["total"]
+    units = r["active_units_per_site"]
+    assert row["active units"] == f"{r['active_units']}/9 (z1 {units['z1']}/6, z2 {units['z2']}/3)"
+
+
+def test_the_hierarchical_cells_stand_beside_the_figures_of_their_setting():
+    by_id = {c.id: c.anchors for cells in nll.TIERS.values() for c in cells}
+    for obj in ("elbo", "iwae"):
+        for k in (1, 5, 50):
+            cell_id = f"mnist-dynamic.mlp200-200-tanh-z100-50-lh100-100.diag.{obj}{k}"
+            assert by_id[cell_id] == [f"burda2-dynamic-{obj}{k}"]
+    assert by_id["mnist-dynamic.mlp200-200-tanh-z100-50-lh100-100-bn.diag.ladder.elbo1"] == []
+    assert by_id["mnist-dynamic.mlp512-512-z64-32-16-8-4-lh160-160-bn.diag.ladder.elbo1"] == \
+        ["lvae5-dynamic-finetuned-iw10"]
+    values = {key: table.ANCHORS[key].value for key in table.ANCHORS}
+    assert [values[f"burda2-dynamic-elbo{k}"] for k in (1, 5, 50)] == [85.33, 85.01, 84.78]
+    assert [values[f"burda2-dynamic-iwae{k}"] for k in (1, 5, 50)] == [85.33, 83.89, 82.90]
+    assert values["lvae5-dynamic-finetuned-iw10"] == 81.74
+    # the one-layer figures stay beside the one-layer cells only
+    assert by_id["mnist-dynamic.mlp200-200-tanh-z50.diag.elbo1"] == ["burda-dynamic-elbo1"]
 
 
 @pytest.mark.parametrize("argv, message", [
