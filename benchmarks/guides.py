@@ -121,16 +121,11 @@ def markdown(report: dict) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=60, help="timed steps per contender per repeat")
-    parser.add_argument("--warmup", type=int, default=5, help="untimed steps per contender first")
+    tp.timing_arguments(parser, steps=60, warmup=5)
     parser.add_argument("--flows", type=int, default=4, help="K, the number of flow steps")
     parser.add_argument("--only", help="comma-separated guides (diag and the baseline always run)")
     # named, never left to RunConfig's default (meanfield for diag and const-var): see the docstring
     parser.add_argument("--objective", default="elbo", help="the objective every guide trains with")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.steps < 1 or args.warmup < 0 or args.flows < 1:
         parser.error("--repeats, --steps and --flows must be positive, --warmup non-negative")

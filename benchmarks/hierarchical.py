@@ -120,14 +120,9 @@ def markdown(report: dict) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=60, help="timed steps per contender per repeat")
-    parser.add_argument("--warmup", type=int, default=5, help="untimed steps per contender first")
+    tp.timing_arguments(parser, steps=60, warmup=5)
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--only", help="comma-separated contenders besides the baseline (default: all)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.steps < 1 or args.warmup < 0 or (args.threads is not None and args.threads < 1):
         parser.error("--repeats, --steps and --threads must be positive, --warmup non-negative")

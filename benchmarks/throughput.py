@@ -261,14 +261,19 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def timing_arguments(parser, steps: int, warmup: int) -> None:
+    """The flags every interleaved step-timing benchmark takes."""
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=100, help="timed steps per contender per repeat")
-    parser.add_argument("--warmup", type=int, default=20, help="untimed steps per contender first")
+    parser.add_argument("--steps", type=int, default=steps, help="timed steps per contender per repeat")
+    parser.add_argument("--warmup", type=int, default=warmup, help="untimed steps per contender first")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="benchmarks/results")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    timing_arguments(parser, steps=100, warmup=20)
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.steps < 1 or args.warmup < 0:
         parser.error("--repeats and --steps must be positive, --warmup non-negative")
