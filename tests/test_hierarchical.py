@@ -11,6 +11,7 @@ import torch
 
 import pyro_vae
 from cli_errors import user_error
+from linear_gaussian import float64  # noqa: F401 (an autouse fixture: float64 throughout)
 from pyro_vae import contract, objectives
 from pyro_vae.config import RunConfig
 from pyro_vae.errors import PyroVAEError
@@ -19,14 +20,6 @@ from pyro_vae.hierarchical import BottomUpGuide, HierarchicalVAE, LadderGuide, m
 from pyro_vae.run import LAST, build, load_checkpoint
 
 D, L1, L2 = 5, 3, 2
-
-
-@pytest.fixture(autouse=True)
-def float64():
-    dtype = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(dtype)
 
 
 def linear_config(inference: str) -> RunConfig:
