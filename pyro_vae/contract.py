@@ -41,7 +41,8 @@ def call(fn, x, y=None):
     return fn(x) if y is None else fn(x, y)
 
 
-def _particles(fn, particles: int | None):
+def with_particles(fn, particles: int | None):
+    """``fn`` inside ``pyro.plate("particles", particles, dim=-2)``; ``fn`` itself for None."""
     return fn if particles is None else pyro.plate("particles", particles, dim=PARTICLE_DIM)(fn)
 
 
@@ -52,9 +53,9 @@ def sample_sites(trace) -> list[dict]:
 def traces(model, guide, x: torch.Tensor, y=None, particles: int | None = None):
     """(guide trace, model trace replayed on the guide's draws) for one joint draw of ``particles``
     vectorized samples (none: no particle dimension)."""
-    guide_trace = poutine.trace(_particles(lambda *a: call(guide, *a), particles)).get_trace(x, y)
+    guide_trace = poutine.trace(with_particles(lambda *a: call(guide, *a), particles)).get_trace(x, y)
     replayed = poutine.replay(lambda *a: call(model, *a), trace=guide_trace)
-    model_trace = poutine.trace(_particles(replayed, particles)).get_trace(x, y)
+    model_trace = poutine.trace(with_particles(replayed, particles)).get_trace(x, y)
     return guide_trace, model_trace
 
 
@@ -76,9 +77,9 @@ def _per_datapoint(site: dict, log_prob: torch.Tensor, shape: tuple) -> torch.Te
 def site_terms(model, guide, x: torch.Tensor, y=None, particles: int | None = None) -> dict:
     """One vectorized joint draw, scored site by site, unscaled (bounds are reported at beta = 1).
 
-    Returns ``log_lik`` (the observed sites' log-densities summed), ``latent`` (site name ->
-    (log p, log q) of that latent site) and ``draws`` (site name -> value), each log-density of
-    shape (particles, N), or (N,) without particles.
+    Returns ``log_lik`` (the observed sites' log-densities summed) and ``latent`` (site name ->
+    (log p, log q) of that latent site), each log-density of shape (particles, N), or (N,)
+    without particles.
     """
     guide_trace, model_trace = traces(model, guide, x, y, particles)
     shape = ((particles,) if particles is not None else ()) + (x.shape[0],)
@@ -99,8 +100,7 @@ def site_terms(model, guide, x: torch.Tensor, y=None, particles: int | None = No
     missing = sorted(set(log_q) - set(latent))
     if missing:
         raise PyroVAEError(f"guide sites {', '.join(map(repr, missing))} have no latent site of that name in the model")
-    draws = {name: guide_trace.nodes[name]["value"] for name in latent}
-    return {"log_lik": log_lik, "latent": latent, "draws": draws}
+    return {"log_lik": log_lik, "latent": latent}
 
 
 @torch.no_grad()
@@ -135,7 +135,7 @@ def guide_draws(guide, x: torch.Tensor, y=None, samples: int = 1, chunk: int = 1
     parts: dict[str, list] = {}
     for start in range(0, samples, chunk):
         k = min(chunk, samples - start)
-        trace = poutine.trace(_particles(lambda *a: call(guide, *a), k)).get_trace(x, y)
+        trace = poutine.trace(with_particles(lambda *a: call(guide, *a), k)).get_trace(x, y)
         for site in sample_sites(trace):
             if not site["is_observed"]:
                 value = site["value"]
@@ -148,7 +148,7 @@ def log_joint(model, x: torch.Tensor, values: dict[str, torch.Tensor], y=None, p
     """log p(x, z) with the latent sites set to ``values`` (site -> (particles, N, *event), or
     (N, *event) without particles), summed over all sites: shape (particles, N) or (N,)."""
     conditioned = poutine.condition(lambda *a: call(model, *a), data=values)
-    trace = poutine.trace(_particles(conditioned, particles)).get_trace(x, y)
+    trace = poutine.trace(with_particles(conditioned, particles)).get_trace(x, y)
     shape = ((particles,) if particles is not None else ()) + (x.shape[0],)
     total = 0.0
     for site in sample_sites(trace):

@@ -161,7 +161,3 @@ MODELS.add("vae", _build_vae, "p(z) p(x|z) with the guide q(z|x); with several -
            conditional=False)
 MODELS.add("cvae", _build_cvae, "p(z) p(x|z, y) conditioned on the class label y, guide q(z|x, y)",
            reference="Kingma et al. 2014, arXiv:1406.5298; Sohn et al. 2015", conditional=True)
-
-
-def model_spec(name: str):
-    return MODELS[name]

@@ -20,7 +20,6 @@ from pyro import poutine
 from pyro.distributions.kl import kl_divergence
 from torch import nn
 from pyro.infer import JitTrace_ELBO, RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
-from pyro.poutine.util import site_is_subsample
 from pyro.util import warn_if_nan
 
 from . import contract
@@ -37,16 +36,12 @@ def trace_log_probs(model, guide, *args, particles: int | None = None, scaled: b
     ``scaled`` applies each site's ``poutine.scale`` (the KL weight beta). Also returns whether
     every guide site is reparameterized.
     """
-    if particles is not None:
-        plate = pyro.plate("particles", particles, dim=-2)
-        model, guide = plate(model), plate(guide)
+    model, guide = contract.with_particles(model, particles), contract.with_particles(guide, particles)
     guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
     model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
     terms = {"log_lik": 0.0, "log_prior": 0.0, "log_q": 0.0, "reparameterized": True}
     for trace, is_guide in ((model_trace, False), (guide_trace, True)):
-        for site in trace.nodes.values():
-            if site["type"] != "sample" or site_is_subsample(site):
-                continue
+        for site in contract.sample_sites(trace):
             log_prob = site["fn"].log_prob(site["value"])
             if scaled:
                 log_prob = log_prob * site["scale"]

@@ -152,9 +152,11 @@ class LinearGaussian:
 
 def fit_guide(model, guide, x: torch.Tensor, steps: int, lr: float) -> None:
     """Train ``guide`` alone by the 8-particle ELBO on ``x`` (the model's parameters are not
-    updated), with Adam on a cosine schedule down to 0 so the last steps settle."""
+    updated, even those a guide shares with the model, as a ladder guide does), with Adam on a
+    cosine schedule down to 0 so the last steps settle."""
     loss = objectives.loss_fn("elbo", model, guide, particles=8)
-    optimizer = torch.optim.Adam(guide.parameters(), lr=lr)
+    shared = {id(p) for p in model.parameters()}
+    optimizer = torch.optim.Adam([p for p in guide.parameters() if id(p) not in shared], lr=lr)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
     beta = torch.tensor(1.0)
     with pyro.validation_enabled(False):

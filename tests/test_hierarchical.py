@@ -11,7 +11,7 @@ import torch
 
 import pyro_vae
 from cli_errors import user_error
-from linear_gaussian import float64  # noqa: F401 (an autouse fixture: float64 throughout)
+from linear_gaussian import fit_guide, float64  # noqa: F401 (float64: an autouse fixture)
 from pyro_vae import contract, objectives
 from pyro_vae.config import RunConfig
 from pyro_vae.errors import PyroVAEError
@@ -60,22 +60,6 @@ class Truth:
         self.px = dist.MultivariateNormal(self.B @ self.a + self.b, self.B @ cov_z1 @ self.B.T + s0 ** 2 * torch.eye(D))
 
 
-def fit_guide(model, guide, x, steps=1500, lr=0.02):
-    own = [p for p in guide.parameters() if all(p is not q for q in model.parameters())]
-    loss = objectives.loss_fn("elbo", model, guide, particles=8)
-    optimizer = torch.optim.Adam(own, lr=lr)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
-    beta = torch.tensor(1.0)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    with pyro.validation_enabled(False):
-        for _ in range(steps):
-            optimizer.zero_grad()
-            (loss(x, beta) / x.shape[0]).backward()
-            optimizer.step()
-            scheduler.step()
-
-
 @pytest.mark.parametrize("inference", ["bottom-up", "ladder"])
 def test_two_layer_linear_gaussian_evaluates_to_its_exact_likelihood(inference):
     pair = build(linear_config(inference), (D,))
@@ -84,7 +68,7 @@ def test_two_layer_linear_gaussian_evaluates_to_its_exact_likelihood(inference):
     assert isinstance(guide, LadderGuide if inference == "ladder" else BottomUpGuide)
     truth = Truth(model)
     x = truth.px.sample((100,))
-    fit_guide(model, guide, x)
+    fit_guide(model, guide, x, steps=1500, lr=0.02)
     pyro.set_rng_seed(0)
     result = pyro_vae.evaluate(model, guide, x, iw_samples=5000)
     exact = -truth.px.log_prob(x).mean().item()
