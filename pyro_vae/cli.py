@@ -12,6 +12,7 @@ import os
 import sys
 from pathlib import Path
 
+from .cli_draw import cmd_encode, cmd_sample
 from .config import BINARIZE_CHOICES, DEVICE_CHOICES, RunConfig
 from .data import DATASETS
 from .errors import PyroVAEError
@@ -75,6 +76,12 @@ TRAIN_FLAGS = [
     ("--objective", "objective", dict(help=f"{OBJECTIVES.choices()}. Default: meanfield where every latent site "
                                           "has a closed-form KL, elbo otherwise")),
     ("--particles", "particles", dict(type=int, help="samples per datapoint (K of iwae)")),
+    ("--labelled", "labelled", dict(type=int, help="--model m2: labelled training images, class-balanced, drawn "
+                                                  "from --seed (default: all)")),
+    ("--alpha", "alpha", dict(type=float, help="--model m2: weight of the classification term alpha * mean "
+                                               "log q(y|x) over labelled images (default 0.1 * N_train)")),
+    ("--labelled-share", "labelled_share", dict(type=float, help="--model m2: share of each batch drawn from the "
+                                                                 "labelled images (default 0.25)")),
     ("--beta", "beta", dict(type=float, help="KL weight")),
     ("--warmup-epochs", "warmup_epochs", dict(type=int, help="epochs of linear KL annealing up to beta")),
     ("--epochs", "epochs", dict(type=int)),
@@ -121,7 +128,11 @@ def _parser() -> argparse.ArgumentParser:
     sample.add_argument("run_dir")
     sample.add_argument("-n", type=int, default=64)
     sample.add_argument("--out", required=True, help="PNG file to write")
-    sample.add_argument("--label", type=int, help="class of every image, for a model trained with --model cvae")
+    sample.add_argument("--label", type=int, help="class of every image (a model with labels: cvae, m2)")
+    sample.add_argument("--style-of", type=_int_list, metavar="INDICES",
+                        help="analogies: the style z of these test images (comma-separated indices) decoded with "
+                             "every class, one row per image, the image first")
+    sample.add_argument("--data-dir", default=None)
     sample.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
     sample.add_argument("--seed", type=int, default=0)
 
@@ -153,6 +164,17 @@ def _parser() -> argparse.ArgumentParser:
     diag.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
     diag.add_argument("--seed", type=int, default=0)
     diag.add_argument("--out", default="runs/diagnose")
+
+    encode = sub.add_parser("encode", help="posterior means (or draws) of a dataset as an .npz dataset")
+    encode.add_argument("run_dir")
+    encode.add_argument("--split", choices=("train", "valid", "test", "all"), default="all")
+    encode.add_argument("--out", required=True, help=".npz file to write (x, y, split), readable by --dataset")
+    encode.add_argument("--what", choices=("mean", "sample"), default="mean",
+                        help="E_q[z|x], or one draw of q (default mean)")
+    encode.add_argument("--batch-size", type=int, default=500)
+    encode.add_argument("--data-dir", default=None)
+    encode.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
+    encode.add_argument("--seed", type=int, default=0)
 
     sub.add_parser("guides", help="list the registered guides")
     return parser
@@ -218,6 +240,8 @@ def format_eval(result: dict) -> str:
         ("active units", f"{result['active_units']} / {result['latent_dim']}"
                          + _per_site(result.get("active_units_per_site", {}), "{}")),
     ]
+    if "classification_error" in result:
+        rows.append(("classification", f"{100 * result['classification_error']:.2f} % error (argmax q(y|x))"))
     return "\n".join(f"{k:<18} {v}" for k, v in rows)
 
 
@@ -235,40 +259,20 @@ def cmd_evaluate(args) -> int:
     if tuple(data.obs_shape) != checkpoint.obs_shape:
         raise PyroVAEError(f"data shape {data.obs_shape} differs from the run's {checkpoint.obs_shape}")
     pyro.set_rng_seed(args.seed)
-    labels = data.labels(args.split, device) if MODELS[checkpoint.config.model].conditional else None
-    result = evaluate(checkpoint.pair.model, checkpoint.pair.guide, data.observations(args.split, device), labels,
-                      iw_samples=args.iw_samples, batch_size=args.batch_size)
+    spec = MODELS[checkpoint.config.model]
+    x = data.observations(args.split, device)
+    labels = data.labels(args.split, device) if spec.conditional else None
+    result = evaluate(checkpoint.pair.model, checkpoint.pair.guide, x, labels, iw_samples=args.iw_samples,
+                      batch_size=args.batch_size)
+    if spec.semi_supervised:  # bounds of log p(x), the label summed out; and the classifier q(y|x)
+        from .semisupervised import classification_error
+
+        result["classification_error"] = classification_error(checkpoint.pair.guide, x, data.labels(args.split, device))
     result = {"run": str(args.run_dir), "split": args.split, "dataset": checkpoint.config.dataset,
               "model": checkpoint.config.model, "guide": checkpoint.config.guide, "epoch": checkpoint.train_state.epoch, **result}
     name = "eval.json" if args.split == "test" else f"eval-{args.split}.json"
     write_text_atomic(Path(args.run_dir) / name, json.dumps(result, indent=2) + "\n")
     print(json.dumps(result) if args.json else format_eval(result))
-    return 0
-
-
-def cmd_sample(args) -> int:
-    import pyro
-    import torch
-
-    from .plots import image_grid, is_image
-    from .run import load_run, resolve_device
-
-    _positive("-n", args.n)
-    if not args.out.lower().endswith(".png"):
-        raise PyroVAEError(f"--out must name a .png file, got {args.out}")
-    checkpoint = load_run(args.run_dir, resolve_device(args.device))
-    if not is_image(checkpoint.obs_shape):
-        raise PyroVAEError(f"the run's data are vectors of shape {checkpoint.obs_shape}, not images")
-    model = checkpoint.pair.model
-    if args.label is not None and not model.classes:
-        raise PyroVAEError("--label needs a run trained with --model cvae; this run's model is not conditional")
-    pyro.set_rng_seed(args.seed)
-    if model.classes:  # one class per column, or every image of the chosen class
-        labels = None if args.label is None else torch.full((args.n,), args.label)
-        image_grid(model.sample(args.n, labels), checkpoint.obs_shape, Path(args.out), nrow=model.classes)
-    else:
-        image_grid(model.sample(args.n), checkpoint.obs_shape, Path(args.out))
-    print(f"wrote {args.out}")
     return 0
 
 
@@ -322,7 +326,7 @@ def cmd_guides(args) -> int:
 
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "sample": cmd_sample, "compare": cmd_compare,
-            "diagnose": cmd_diagnose, "guides": cmd_guides}
+            "diagnose": cmd_diagnose, "encode": cmd_encode, "guides": cmd_guides}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -48,8 +48,9 @@ def compare(names: list[str], base: RunConfig, out: str | Path, runs: list[str] 
     ``interpolations.png`` into ``out``; return the table as a dict."""
     for name in names:
         guides_mod.check_name(name)
-    if models.MODELS[base.model].conditional:
-        raise PyroVAEError("compare draws posteriors and interpolations of unconditional models; use --model vae")
+    if models.MODELS[base.model].labels:
+        raise PyroVAEError(f"compare draws posteriors and interpolations of unconditional models; --model {base.model} "
+                           "takes labels: use --model vae")
     if len(set(names)) != len(names):
         raise PyroVAEError("each guide may appear once in --guides")
     out = Path(out)
@@ -60,8 +61,9 @@ def compare(names: list[str], base: RunConfig, out: str | Path, runs: list[str] 
     loaded = {name: load_run(d, device) for name, d in dirs.items()}
     first = next(iter(loaded.values()))
     for name, run in loaded.items():
-        if models.MODELS[run.config.model].conditional:
-            raise PyroVAEError(f"run {dirs[name]} is conditional (--model cvae); compare takes unconditional runs")
+        if models.MODELS[run.config.model].labels:
+            raise PyroVAEError(f"run {dirs[name]} takes labels (--model {run.config.model}); compare takes "
+                               "unconditional runs")
         if (run.config.dataset, run.obs_shape, run.config.latent_dim) != (first.config.dataset, first.obs_shape,
                                                                            first.config.latent_dim):
             raise PyroVAEError(f"run {dirs[name]} has another dataset or latent size than {dirs[names[0]]}")

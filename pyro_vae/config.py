@@ -33,6 +33,11 @@ class RunConfig:
     likelihood: str | None = None
     model: str = "vae"
     classes: int | None = None
+    # semi-supervised models: labelled training images (None: all), the weight alpha of the
+    # classification term (None: 0.1 * N_train, as Kingma et al.), and the labelled share of a batch
+    labelled: int | None = None
+    alpha: float | None = None
+    labelled_share: float = 0.25
     arch: str = "mlp"
     hidden: list[int] = field(default_factory=lambda: [256, 256])
     activation: str = "relu"
@@ -104,6 +109,15 @@ class RunConfig:
         if self.classes is not None and (not isinstance(self.classes, int) or isinstance(self.classes, bool)
                                          or self.classes < 2):
             raise PyroVAEError(f"classes must be an integer of at least 2, got {self.classes!r}")
+        if self.labelled is not None and (not isinstance(self.labelled, int) or isinstance(self.labelled, bool)
+                                          or self.labelled <= 0):
+            raise PyroVAEError(f"--labelled must be a positive integer, got {self.labelled!r}")
+        if self.alpha is not None and (isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float))
+                                       or not math.isfinite(self.alpha) or self.alpha < 0):
+            raise PyroVAEError(f"--alpha must be a non-negative finite number, got {self.alpha!r}")
+        share = self.labelled_share
+        if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share < 1:
+            raise PyroVAEError(f"--labelled-share must be a number strictly between 0 and 1, got {share!r}")
         if self.binarize is not None and self.binarize not in BINARIZE_CHOICES:
             raise PyroVAEError(f"unknown --binarize {self.binarize!r}; choose from {', '.join(BINARIZE_CHOICES)}")
         if not isinstance(self.distributed, bool):

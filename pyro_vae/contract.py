@@ -6,7 +6,9 @@ all sit inside one ``pyro.plate("data", N)``: any number of latent sites, each w
 shape; observed sites (``obs=``) are the likelihood. Everything after training (evaluation,
 diagnostics, comparisons, plots) reads a pair through the functions here, so a user's own Pyro
 model works with all of it. Particles are vectorized by an outer ``pyro.plate("particles", K,
-dim=-2)``, so every per-datapoint log-density has shape (K, N).
+dim=-2)``, so every per-datapoint log-density has shape (K, N). A discrete guide site marked for
+parallel enumeration (``config_enumerate``: the label of a semi-supervised model) is enumerated
+to the left of those dimensions, its values scored all at once (see ``site_terms``).
 """
 
 from __future__ import annotations
@@ -52,14 +54,24 @@ def sample_sites(trace) -> list[dict]:
 
 def traces(model, guide, x: torch.Tensor, y=None, particles: int | None = None):
     """(guide trace, model trace replayed on the guide's draws) for one joint draw of ``particles``
-    vectorized samples (none: no particle dimension)."""
-    guide_trace = poutine.trace(with_particles(lambda *a: call(guide, *a), particles)).get_trace(x, y)
+    vectorized samples (none: no particle dimension); guide sites marked for parallel enumeration
+    take all their values, in dimensions left of the particle and data dimensions."""
+    first_enum_dim = PARTICLE_DIM - (particles is not None)
+    enumerated = poutine.enum(with_particles(lambda *a: call(guide, *a), particles), first_available_dim=first_enum_dim)
+    guide_trace = poutine.trace(enumerated).get_trace(x, y)
     replayed = poutine.replay(lambda *a: call(model, *a), trace=guide_trace)
     model_trace = poutine.trace(with_particles(replayed, particles)).get_trace(x, y)
     return guide_trace, model_trace
 
 
-def _per_datapoint(site: dict, log_prob: torch.Tensor, shape: tuple) -> torch.Tensor:
+def is_enumerated(site: dict) -> bool:
+    return site["infer"].get("enumerate") == "parallel" and "_enumerate_dim" in site["infer"]
+
+
+def _per_datapoint(site: dict, log_prob: torch.Tensor, shape: tuple, enum_dims: int = 0) -> torch.Tensor:
+    # enumerated sites add dimensions on the left, kept as they are
+    lead = min(max(0, log_prob.dim() - len(shape)), enum_dims)
+    shape = tuple(log_prob.shape[:lead]) + shape
     if tuple(log_prob.shape) != shape:
         try:
             log_prob = log_prob.expand(shape)
@@ -79,18 +91,20 @@ def site_terms(model, guide, x: torch.Tensor, y=None, particles: int | None = No
 
     Returns ``log_lik`` (the observed sites' log-densities summed) and ``latent`` (site name ->
     (log p, log q) of that latent site), each log-density of shape (particles, N), or (N,)
-    without particles.
+    without particles; ``enumerated``, the names of the guide's enumerated sites, whose values
+    add dimensions on the left of those (one per site, broadcastable).
     """
     guide_trace, model_trace = traces(model, guide, x, y, particles)
     shape = ((particles,) if particles is not None else ()) + (x.shape[0],)
+    enumerated = [s["name"] for s in sample_sites(guide_trace) if not s["is_observed"] and is_enumerated(s)]
     log_q = {}
     for site in sample_sites(guide_trace):
         if site["is_observed"]:
             continue
-        log_q[site["name"]] = _per_datapoint(site, site["fn"].log_prob(site["value"]), shape)
+        log_q[site["name"]] = _per_datapoint(site, site["fn"].log_prob(site["value"]), shape, len(enumerated))
     log_lik, latent = 0.0, {}
     for site in sample_sites(model_trace):
-        log_prob = _per_datapoint(site, site["fn"].log_prob(site["value"]), shape)
+        log_prob = _per_datapoint(site, site["fn"].log_prob(site["value"]), shape, len(enumerated))
         if site["is_observed"]:
             log_lik = log_lik + log_prob
         elif site["name"] not in log_q:
@@ -100,7 +114,7 @@ def site_terms(model, guide, x: torch.Tensor, y=None, particles: int | None = No
     missing = sorted(set(log_q) - set(latent))
     if missing:
         raise PyroVAEError(f"guide sites {', '.join(map(repr, missing))} have no latent site of that name in the model")
-    return {"log_lik": log_lik, "latent": latent}
+    return {"log_lik": log_lik, "latent": latent, "enumerated": enumerated}
 
 
 @torch.no_grad()
@@ -108,6 +122,14 @@ def latent_shapes(model, x: torch.Tensor, y=None) -> dict[str, tuple]:
     """Latent site name -> event shape, in the model's order, from one prior draw on ``x[:1]``."""
     trace = poutine.trace(lambda *a: call(model, *a)).get_trace(x[:1], None if y is None else y[:1])
     return {site["name"]: tuple(site["fn"].event_shape) for site in sample_sites(trace) if not site["is_observed"]}
+
+
+@torch.no_grad()
+def discrete_sites(model, x: torch.Tensor, y=None) -> list[str]:
+    """Latent sites of the model with a discrete support (a label left unobserved), from one prior
+    draw on ``x[:1]``."""
+    trace = poutine.trace(lambda *a: call(model, *a)).get_trace(x[:1], None if y is None else y[:1])
+    return [s["name"] for s in sample_sites(trace) if not s["is_observed"] and s["fn"].support.is_discrete]
 
 
 def layout(shapes: dict[str, tuple]) -> dict[str, slice]:
@@ -160,8 +182,10 @@ def log_joint(model, x: torch.Tensor, values: dict[str, torch.Tensor], y=None, p
 
 @torch.no_grad()
 def site_means(guide, x: torch.Tensor, y=None, samples: int = 1000) -> dict[str, torch.Tensor]:
-    """Site name -> E_q[z|x] flattened to (N, d): closed form where the suite's single-site guide
-    has one (a guide with ``site_name`` and ``mean``)."""
+    """Site name -> E_q[z|x] flattened to (N, d): closed form where the guide has one (a guide
+    with ``site_means(x, y)``, or the suite's single-site guide with ``site_name`` and ``mean``)."""
+    if callable(getattr(guide, "site_means", None)):
+        return {name: m.reshape(x.shape[0], -1) for name, m in guide.site_means(x, y).items()}
     name = getattr(guide, "site_name", None)
     if name is not None and callable(getattr(guide, "mean", None)):
         return {name: guide.mean(x, y)}

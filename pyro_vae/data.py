@@ -65,7 +65,7 @@ class Data:
         """The number of label classes: every label an integer 0..C-1 and every class present in
         the training split, or a :class:`PyroVAEError`."""
         if not self.labelled:
-            raise PyroVAEError(f"a conditional model needs labelled data, and {self.name} has no labels")
+            raise PyroVAEError(f"a model that takes labels (cvae, m2) needs labelled data, and {self.name} has no labels")
         if any(self.y[s].dtype.is_floating_point or self.y[s].dtype == torch.bool for s in SPLITS):
             raise PyroVAEError(f"labels of {self.name} must be integers, got {self.y['train'].dtype}")
         low = min(int(self.y[s].min()) for s in SPLITS)
@@ -196,7 +196,8 @@ def _load_frey(data_dir: Path, download: bool) -> Raw:
 
 
 def load_array_file(path: Path) -> Raw:
-    """A user's ``.npy`` (the array x) or ``.npz`` (array ``x``, optional labels ``y``)."""
+    """A user's ``.npy`` (the array x) or ``.npz`` (array ``x``, optional labels ``y``, optional
+    ``split``: "train", "valid" or "test" per row; without it a fixed random 80/10/10 split)."""
     if not path.is_file():
         raise PyroVAEError(f"data file not found: {path}")
     try:
@@ -226,8 +227,28 @@ def load_array_file(path: Path) -> Raw:
     x = x.reshape((x.shape[0],) + obs_shape)
     # 8-bit arrays stay 8-bit in memory; values are used as stored
     x = x if x.dtype == np.uint8 else x.astype(np.float32)
-    xs, ys = _split_fixed(x, None if y is None else y.astype(np.int64))
+    y = None if y is None else y.astype(np.int64)
+    if "split" in arrays:
+        xs, ys = _split_given(arrays["split"], x, y, path)
+    else:
+        xs, ys = _split_fixed(x, y)
     return Raw(xs, ys, obs_shape)
+
+
+def _split_given(split: np.ndarray, x: np.ndarray, y, path: Path) -> tuple[dict, dict]:
+    """The splits a file names row by row (``pyro-vae encode`` writes them, so a model trained on
+    codes keeps the splits of the model that made them)."""
+    if split.shape != (x.shape[0],) or split.dtype.kind != "U":
+        raise PyroVAEError(f"'split' in {path} must name the split of every row of 'x' ({x.shape[0]} strings), got "
+                           f"shape {split.shape} of dtype {split.dtype}")
+    unknown = sorted(set(np.unique(split).tolist()) - set(SPLITS))
+    if unknown:
+        raise PyroVAEError(f"'split' in {path} holds {unknown[:3]}; its values must be {', '.join(SPLITS)}")
+    missing = [s for s in SPLITS if not (split == s).any()]
+    if missing:
+        raise PyroVAEError(f"{path} has no rows of the {', '.join(missing)} split; a dataset needs all three "
+                           "(encode with --split all)")
+    return ({s: x[split == s] for s in SPLITS}, {s: (None if y is None else y[split == s]) for s in SPLITS})
 
 
 DATASETS.add("digits", _load_digits, "scikit-learn's bundled 8x8 handwritten digits (1797 images, no download)",

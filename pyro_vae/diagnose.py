@@ -164,6 +164,10 @@ def diagnose_guides(model, guides: dict, x: torch.Tensor, y=None, x_all: torch.T
     x_all = x if x_all is None else x_all
     y_all = y if x_all is x else y_all
     images = list(range(x.shape[0])) if images is None else list(images)
+    discrete = contract.discrete_sites(model, x, y)
+    if discrete:
+        raise PyroVAEError(f"diagnose compares continuous posteriors, and the model's sites {', '.join(discrete)} are "
+                           "discrete: pass their values as y (a semi-supervised model is diagnosed given the label)")
     shapes = contract.latent_shapes(model, x, y)
     total = sum(math.prod(s) for s in shapes.values())
     planar = len(shapes) == 1 and total == 2
@@ -244,7 +248,9 @@ def diagnose(run_dirs: list[str], out: str | Path, images: int = 8, reference: s
             raise PyroVAEError(f"run {d} has another dataset, model or latent size than {run_dirs[0]}")
     data = load_data(first.config, data_dir)
     x_all = data.observations("test", dev)
-    y_all = data.labels("test", dev) if MODELS[first.config.model].conditional else None
+    spec = MODELS[first.config.model]
+    # a semi-supervised model is diagnosed given the test label: q(z|x, y) against p(z|x, y)
+    y_all = data.labels("test", dev) if spec.conditional or spec.semi_supervised else None
     # spread over the test split: some test sets are sorted by class
     index = np.linspace(0, x_all.shape[0] - 1, min(images, x_all.shape[0])).round().astype(int).tolist()
     report = diagnose_guides(first.pair.model, {name: run.pair.guide for name, run in runs.items()}, x_all[index],

@@ -10,6 +10,10 @@ that of the model and guide actually trained:
 - log p(x) ~ log (1/K) sum_k w_k (the IWAE bound with K samples, consistent as K grows), so the
   NLL reported is an upper bound in expectation, given with K and its standard error over data.
 
+A discrete guide site enumerated in parallel (the label of a semi-supervised model) is summed out
+exactly rather than sampled: each w_k is then sum_y p(x, y, z_k,y) / q(z_k,y|x, y), the ELBO
+sum_y q(y|x) E_q[log p(x, y, z) - log q(y, z|x)] (see ``marginalize``).
+
 Samples are drawn in chunks and combined with a running log-sum-exp, so memory stays bounded
 whatever K is.
 """
@@ -62,9 +66,35 @@ def log_weight_terms(model, guide, x: torch.Tensor, samples: int, y=None) -> dic
 def trace_weight_terms(model, guide, x: torch.Tensor, samples: int, y=None) -> dict:
     """``log_weight_terms`` through Pyro's traces: the path for any pair of the model contract."""
     terms = contract.site_terms(model, guide, x, y, particles=samples)
+    if terms["enumerated"]:
+        return marginalize(terms["log_lik"], terms["latent"], terms["enumerated"], (samples, x.shape[0]))
     sites = terms["latent"]
     return {"log_lik": terms["log_lik"], "log_prior": sum(p for p, _ in sites.values()),
             "log_q": sum(q for _, q in sites.values()), "sites": sites}
+
+
+def marginalize(log_lik, sites: dict, enumerated: list, shape: tuple) -> dict:
+    """Terms of ``log_weight_terms`` (each of ``shape``) with the ``enumerated`` guide sites summed
+    out: each term its expectation under q of the enumerated values (their probabilities
+    exp(sum log q) over all combinations, the dimensions left of ``shape``), and ``log_w``, the log
+    of sum over the combinations of p(x, all sites) / q(sampled sites), the importance weight of
+    the sampled sites with the enumerated ones summed exactly."""
+    log_q_enum = sum(sites[name][1] for name in enumerated)
+    log_w = log_lik + sum(p for p, _ in sites.values()) - sum(q for n, (_, q) in sites.items() if n not in enumerated)
+    full = torch.broadcast_shapes(log_w.shape, log_q_enum.shape)
+
+    def combos(t):  # (combinations, *shape)
+        return torch.as_tensor(t).expand(full).reshape((-1,) + tuple(shape))
+
+    weight = combos(log_q_enum).exp()
+
+    def expect(t):
+        return (weight * combos(t)).sum(0)
+
+    expected = {name: (expect(p), expect(q)) for name, (p, q) in sites.items()}
+    return {"log_lik": expect(log_lik), "log_prior": sum(p for p, _ in expected.values()),
+            "log_q": sum(q for _, q in expected.values()), "sites": expected,
+            "log_w": torch.logsumexp(combos(log_w), 0)}
 
 
 @functools.cache
@@ -108,7 +138,7 @@ def per_datapoint(model, guide, x: torch.Tensor, samples: int, max_elements: int
         while done < samples:
             k = min(chunk, samples - done)
             terms = weight_terms(model, guide, x, k, y)
-            log_w = terms["log_lik"] + terms["log_prior"] - terms["log_q"]
+            log_w = terms["log_w"] if "log_w" in terms else terms["log_lik"] + terms["log_prior"] - terms["log_q"]
             lse = torch.logaddexp(lse, torch.logsumexp(log_w, dim=0))
             for key in sums:
                 sums[key] = sums[key] + terms[key].sum(0)

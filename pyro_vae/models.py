@@ -76,7 +76,10 @@ class WithLabel(nn.Module):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         h = self.trunk(x)
-        return torch.cat([h, onehot(y, self.classes, h).expand(h.shape[:-1] + (self.classes,))], -1)
+        code = onehot(y, self.classes, h)
+        # an enumerated label (classes, 1) broadcasts against the batch: q(z|x, y) for every y at once
+        lead = torch.broadcast_shapes(h.shape[:-1], code.shape[:-1])
+        return torch.cat([h.expand(lead + h.shape[-1:]), code.expand(lead + code.shape[-1:])], -1)
 
 
 def onehot(y, classes: int, like: torch.Tensor) -> torch.Tensor:
@@ -155,9 +158,22 @@ def _build_cvae(config, obs_shape, likelihood, make_guide, make_prior):
     return model, guide
 
 
+def _build_m2(config, obs_shape, likelihood, make_guide, make_prior):
+    from . import semisupervised  # its classes build on ConditionalVAE, defined here
+
+    return semisupervised.build(config, obs_shape, likelihood, make_guide, make_prior)
+
+
+# ``conditional``: the model is called with the label everywhere (its bounds are of log p(x|y));
+# ``labels``: training needs labelled data; ``semi_supervised``: trained on a labelled subset
+# with the label summed out elsewhere (bounds of log p(x)).
 MODELS = Registry("model")
 MODELS.add("vae", _build_vae, "p(z) p(x|z) with the guide q(z|x); with several --latent-dim entries, "
            "p(z_L) ... p(z_1|z_2) p(x|z_1) (see --inference)", reference="Kingma & Welling 2014, arXiv:1312.6114",
-           conditional=False)
+           conditional=False, labels=False, semi_supervised=False)
 MODELS.add("cvae", _build_cvae, "p(z) p(x|z, y) conditioned on the class label y, guide q(z|x, y)",
-           reference="Kingma et al. 2014, arXiv:1406.5298; Sohn et al. 2015", conditional=True)
+           reference="Kingma et al. 2014, arXiv:1406.5298; Sohn et al. 2015", conditional=True, labels=True,
+           semi_supervised=False)
+MODELS.add("m2", _build_m2, "semi-supervised p(y) p(z) p(x|y, z), guide q(y|x) q(z|x, y); y observed for "
+           "--labelled training images, enumerated for the rest", reference="Kingma et al. 2014, arXiv:1406.5298",
+           conditional=False, labels=True, semi_supervised=True)

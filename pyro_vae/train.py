@@ -24,7 +24,7 @@ import pyro
 import torch
 from tqdm.auto import tqdm
 
-from . import distributed, objectives
+from . import distributed, objectives, semisupervised
 from .config import RunConfig
 from .errors import PyroVAEError, TrainingDiverged
 from .evaluate import per_datapoint
@@ -41,6 +41,18 @@ def kl_weight(config: RunConfig, step: int, steps_per_epoch: int) -> float:
     if warmup_steps == 0:
         return config.beta
     return config.beta * min(1.0, (step + 1) / warmup_steps)
+
+
+@torch.no_grad()
+def validation_error(pair, data, device) -> float:
+    """The validation classification error of a semi-supervised guide's argmax q(y|x): recorded,
+    never used to select a model (that would spend the validation split's labels)."""
+    pair.eval()
+    try:
+        return semisupervised.classification_error(pair.guide, data.observations("valid", device),
+                                                   data.labels("valid", device))
+    finally:
+        pair.train()
 
 
 @torch.no_grad()
@@ -113,6 +125,12 @@ def fit(config: RunConfig, resume: bool = False, progress: bool | None = None, e
         raise PyroVAEError(f"run directory {run_dir} already exists and is not empty; use --resume or another --out")
     config.validate()
     check_names(config)
+    spec = MODELS[config.model]
+    if not spec.semi_supervised and config.labelled is not None:
+        raise PyroVAEError(f"--labelled applies to a semi-supervised model (--model m2), not --model {config.model}")
+    if spec.semi_supervised and config.distributed:
+        raise PyroVAEError(f"--model {config.model} cannot run with --distributed: its batches mix labelled and "
+                           "unlabelled images in a fixed ratio that the ranks' shards do not keep")
     with distributed.session(config.device, config.distributed) as ctx:
         if checkpoint is not None and config.world_size != ctx.world_size:
             raise PyroVAEError(f"the run in {run_dir} was trained on {config.world_size} ranks, not {ctx.world_size}: "
@@ -125,18 +143,26 @@ def _train(config: RunConfig, run_dir: Path, checkpoint, ctx: distributed.Single
     device = ctx.device
     with ctx.main_first():  # torchvision extracts MNIST beside its archives on first use: once
         data = load_data(config)  # stays in host memory: batches go to the device one at a time
-    labels = MODELS[config.model].conditional
+    spec = MODELS[config.model]
+    labels = spec.conditional
     config.likelihood, config.binarize = data.likelihood, data.binarize
-    config.classes = data.classes() if labels else None
+    config.classes = data.classes() if spec.labels else None
+    plan = None
+    if spec.semi_supervised:
+        plan = semisupervised.TrainingPlan.make(config, data.y["train"])
+        config.labelled, config.alpha = plan.labelled.numel(), plan.alpha
 
     pyro.set_rng_seed(config.seed)
     pair = build(config, data.obs_shape).to(device)
     first = data.batch("train", torch.arange(min(config.batch_size, data.x["train"].shape[0])), device)
-    first = (first[0], first[1] if labels else None)
+    # a semi-supervised model's objective is that of its labelled images: scored with y observed
+    first = (first[0], first[1] if labels or plan else None)
     if config.objective is None:
         config.objective = _resolve_objective(pair, *first)
     with _unchanged(pair):
         objectives.check_objective(config.objective, pair.model, pair.guide, *first)
+    if plan:
+        semisupervised.check_objective(config.objective)
     optimizer = make_optimizer(pair, config.lr)
     state = TrainState()
     if checkpoint is not None:
@@ -144,13 +170,19 @@ def _train(config: RunConfig, run_dir: Path, checkpoint, ctx: distributed.Single
         optimizer.load_state_dict(checkpoint.payload["optimizer"])
         state = checkpoint.train_state
         ctx.agreed_state(pair.state_dict(), optimizer.state_dict(), dataclasses.asdict(state))  # one checkpoint for all
-    loss = objectives.loss_fn(config.objective, pair.model, pair.guide, config.particles)
+    if plan:
+        loss = semisupervised.SemiSupervisedLoss(pair.model, pair.guide, config.objective, plan, config.particles)
+        steps_per_epoch = plan.steps_per_epoch
+        with _unchanged(pair):  # a mixed batch to prime with, drawn without a trace
+            first = next(iter(plan.batches(data, device)))
+    else:
+        loss = objectives.loss_fn(config.objective, pair.model, pair.guide, config.particles)
+        steps_per_epoch = ctx.steps_per_epoch(data.x["train"].shape[0], config.batch_size)
     valid_rows = torch.arange(data.x["valid"].shape[0])
-    steps_per_epoch = ctx.steps_per_epoch(data.x["train"].shape[0], config.batch_size)
     one = torch.ones((), device=device)
 
     def args(x, y, beta):  # the loss takes positional tensors (the JIT objective needs them)
-        return (x, one * beta) + ((y,) if labels else ())
+        return (x, one * beta) + ((y,) if labels or plan else ())
 
     wrapped = ctx.wrap(loss, config.objective)  # before priming: a refused objective fails before it compiles
     _prime(pair, loss, *args(*first, kl_weight(config, state.step, steps_per_epoch)))
@@ -166,11 +198,13 @@ def _train(config: RunConfig, run_dir: Path, checkpoint, ctx: distributed.Single
         if ctx.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             config.save(run_dir / "config.json")
+            if plan:  # which training images were labelled, for the record
+                write_text_atomic(run_dir / "labelled.json", json.dumps(plan.record()) + "\n")
         save(LAST, BEST)
     else:
         set_rng_state(checkpoint.payload["rng"])
 
-    label = "iwae" if config.objective == "iwae" else "elbo"
+    label = "J_alpha" if plan else ("iwae" if config.objective == "iwae" else "elbo")
     progress = progress if ctx.is_main else False
     bar = tqdm(total=(config.epochs - state.epoch) * steps_per_epoch, disable=None if progress is None else not progress,
                unit="step", dynamic_ncols=True)
@@ -180,7 +214,9 @@ def _train(config: RunConfig, run_dir: Path, checkpoint, ctx: distributed.Single
                 started = time.perf_counter()
                 total, seen = 0.0, 0
                 ctx.seed_epoch(config.seed, state.epoch)
-                for x, y in ctx.train_batches(data, config.batch_size, config.seed, state.epoch):
+                batches = plan.batches(data, device) if plan else \
+                    ctx.train_batches(data, config.batch_size, config.seed, state.epoch)
+                for x, y in batches:
                     beta = kl_weight(config, state.step, steps_per_epoch)
                     optimizer.zero_grad(set_to_none=True)
                     value = loss(*args(x, y, beta)) / x.shape[0]
@@ -204,6 +240,8 @@ def _train(config: RunConfig, run_dir: Path, checkpoint, ctx: distributed.Single
                                            f"the last good checkpoints are kept in {run_dir}")
                 state.history.append({"epoch": state.epoch, "step": state.step, "train_objective": total / seen,
                                       "beta": beta, "valid_elbo": valid, "seconds": time.perf_counter() - started})
+                if plan:
+                    state.history[-1]["valid_error"] = validation_error(pair, data, device)
                 best = valid > state.best_valid
                 if best:
                     state.best_valid, state.best_epoch = valid, state.epoch
@@ -211,8 +249,9 @@ def _train(config: RunConfig, run_dir: Path, checkpoint, ctx: distributed.Single
                 if ctx.is_main:
                     _write_metrics(run_dir, state.history)
                 if progress is not False:
+                    error = f"  valid error {state.history[-1]['valid_error']:.4f}" if plan else ""
                     bar.write(f"epoch {state.epoch:4d}  train {label} {total / seen:9.3f}  valid elbo {valid:9.3f}"
-                              + ("  *best" if state.best_epoch == state.epoch else ""))
+                              + error + ("  *best" if state.best_epoch == state.epoch else ""))
     finally:
         bar.close()
     if ctx.is_main:

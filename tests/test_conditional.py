@@ -559,7 +559,7 @@ def test_command_line_samples_by_label(cvae_run, tmp_path, capsys):
         assert png.read_bytes() == by_hand.read_bytes()
     assert (tmp_path / "label3.png").read_bytes() != (tmp_path / "label4.png").read_bytes()
     capsys.readouterr()
-    assert "must be integers in [0, 10)" in user_error(
+    assert "--label must be a class in [0, 10)" in user_error(
         capsys, ["sample", str(cvae_run), "--label", "10", "--out", str(tmp_path / "x.png"), "--device", "cpu"])
     assert not (tmp_path / "x.png").exists()
 
@@ -619,7 +619,7 @@ def test_command_line_refuses_what_a_cvae_cannot_do(tmp_path, capsys):
     vae = tmp_path / "vae"
     assert main(["train", "--dataset", "digits", "--hidden", "16", "--latent-dim", "2", "--epochs", "1",
                  "--device", "cpu", "--quiet", "--out", str(vae)]) == 0
-    assert "--label needs a run trained with --model cvae" in user_error(
+    assert "--label and --style-of need a run of a model with labels" in user_error(
         capsys, ["sample", str(vae), "--label", "3", "--out", str(tmp_path / "s.png")])
 
 

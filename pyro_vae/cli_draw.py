@@ -1,0 +1,88 @@
+"""``pyro-vae sample`` and ``pyro-vae encode``: commands that draw from a trained run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .errors import PyroVAEError
+
+
+def _positive(name: str, value: int) -> None:
+    if value <= 0:
+        raise PyroVAEError(f"{name} must be a positive integer, got {value}")
+
+
+def cmd_sample(args) -> int:
+    import pyro
+    import torch
+
+    from .plots import image_grid, is_image
+    from .run import load_run, resolve_device
+
+    _positive("-n", args.n)
+    if not args.out.lower().endswith(".png"):
+        raise PyroVAEError(f"--out must name a .png file, got {args.out}")
+    checkpoint = load_run(args.run_dir, resolve_device(args.device))
+    if not is_image(checkpoint.obs_shape):
+        raise PyroVAEError(f"the run's data are vectors of shape {checkpoint.obs_shape}, not images")
+    model = checkpoint.pair.model
+    if (args.label is not None or args.style_of is not None) and not model.classes:
+        raise PyroVAEError("--label and --style-of need a run of a model with labels (--model cvae or m2); this run's "
+                           f"model ({checkpoint.config.model}) has none")
+    if args.label is not None and not 0 <= args.label < model.classes:
+        raise PyroVAEError(f"--label must be a class in [0, {model.classes}), got {args.label}")
+    if args.label is not None and args.style_of is not None:
+        raise PyroVAEError("--style-of decodes every class; it takes no --label")
+    pyro.set_rng_seed(args.seed)
+    if args.style_of is not None:
+        _style_analogies(checkpoint, args)
+    elif model.classes:  # one class per column, or every image of the chosen class
+        labels = None if args.label is None else torch.full((args.n,), args.label)
+        image_grid(model.sample(args.n, labels), checkpoint.obs_shape, Path(args.out), nrow=model.classes)
+    else:
+        image_grid(model.sample(args.n), checkpoint.obs_shape, Path(args.out))
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _style_analogies(checkpoint, args) -> None:
+    from .plots import image_grid
+    from .run import load_data
+    from .semisupervised import style_analogies
+
+    data = load_data(checkpoint.config, args.data_dir)
+    if tuple(data.obs_shape) != checkpoint.obs_shape or not data.labelled:
+        raise PyroVAEError(f"--style-of needs the run's labelled test images of shape {checkpoint.obs_shape}")
+    n = data.x["test"].shape[0]
+    bad = [i for i in args.style_of if not 0 <= i < n]
+    if bad or not args.style_of:
+        raise PyroVAEError(f"--style-of takes indices of test images in [0, {n}), got {args.style_of}")
+    device = next(checkpoint.pair.parameters()).device
+    # the test split as evaluated (one fixed binarization), with its own labels
+    x, y = data.observations("test", device)[args.style_of], data.labels("test", device)[args.style_of]
+    grid = style_analogies(checkpoint.pair.model, checkpoint.pair.guide, x, y)
+    image_grid(grid.reshape((-1,) + grid.shape[2:]), checkpoint.obs_shape, Path(args.out), nrow=grid.shape[1])
+
+
+def cmd_encode(args) -> int:
+    import pyro
+
+    from . import encode
+    from .data import SPLITS
+    from .run import load_data, load_run, resolve_device
+
+    _positive("--batch-size", args.batch_size)
+    if not args.out.endswith(".npz"):
+        raise PyroVAEError(f"--out must name a .npz file, got {args.out}")
+    device = resolve_device(args.device)
+    checkpoint = load_run(args.run_dir, device)
+    data = load_data(checkpoint.config, args.data_dir)
+    if tuple(data.obs_shape) != checkpoint.obs_shape:
+        raise PyroVAEError(f"data shape {data.obs_shape} differs from the run's {checkpoint.obs_shape}")
+    pyro.set_rng_seed(args.seed)
+    splits = SPLITS if args.split == "all" else (args.split,)
+    arrays = encode.encode(checkpoint.pair, data, checkpoint.config, splits, args.what, device, args.batch_size)
+    encode.write(args.out, arrays)
+    print(f"wrote {args.out}: {arrays['x'].shape[0]} rows of {arrays['x'].shape[1]} "
+          f"{'posterior means' if args.what == 'mean' else 'posterior draws'} ({', '.join(splits)})")
+    return 0
