@@ -249,15 +249,12 @@ def cmd_evaluate(args) -> int:
     import pyro
 
     from .evaluate import evaluate
-    from .run import load_data, load_run, resolve_device
+    from .run import load_run_and_data, resolve_device
 
     _positive("--iw-samples", args.iw_samples)
     _positive("--batch-size", args.batch_size)
     device = resolve_device(args.device)
-    checkpoint = load_run(args.run_dir, device)
-    data = load_data(checkpoint.config, args.data_dir)
-    if tuple(data.obs_shape) != checkpoint.obs_shape:
-        raise PyroVAEError(f"data shape {data.obs_shape} differs from the run's {checkpoint.obs_shape}")
+    checkpoint, data = load_run_and_data(args.run_dir, device, args.data_dir)
     pyro.set_rng_seed(args.seed)
     spec = MODELS[checkpoint.config.model]
     x = data.observations(args.split, device)

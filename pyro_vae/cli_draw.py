@@ -69,16 +69,13 @@ def cmd_encode(args) -> int:
 
     from . import encode
     from .data import SPLITS
-    from .run import load_data, load_run, resolve_device
+    from .run import load_run_and_data, resolve_device
 
     _positive("--batch-size", args.batch_size)
     if not args.out.endswith(".npz"):
         raise PyroVAEError(f"--out must name a .npz file, got {args.out}")
     device = resolve_device(args.device)
-    checkpoint = load_run(args.run_dir, device)
-    data = load_data(checkpoint.config, args.data_dir)
-    if tuple(data.obs_shape) != checkpoint.obs_shape:
-        raise PyroVAEError(f"data shape {data.obs_shape} differs from the run's {checkpoint.obs_shape}")
+    checkpoint, data = load_run_and_data(args.run_dir, device, args.data_dir)
     pyro.set_rng_seed(args.seed)
     splits = SPLITS if args.split == "all" else (args.split,)
     arrays = encode.encode(checkpoint.pair, data, checkpoint.config, splits, args.what, device, args.batch_size)

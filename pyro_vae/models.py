@@ -146,14 +146,20 @@ def _build_vae(config, obs_shape, likelihood, make_guide, make_prior):
     return VAE(decoder, likelihood, make_prior(guide, latent), latent), guide
 
 
-def _build_cvae(config, obs_shape, likelihood, make_guide, make_prior):
+def labelled_decoder_and_guide(config, obs_shape, likelihood, make_guide, model: str):
+    """(latent size, decoder of [z | e_y], guide q(z|x, y) on [h(x) | e_y]) of a one-layer model
+    that takes labels."""
     if not config.classes or config.classes < 2:
-        raise PyroVAEError(f"--model cvae needs at least 2 label classes, got {config.classes!r}")
-    latent = _one_layer(config, "cvae")
+        raise PyroVAEError(f"--model {model} needs at least 2 label classes, got {config.classes!r}")
+    latent = _one_layer(config, model)
     encoder, features, decoder = nets.build(config.arch, obs_shape, latent + config.classes, config.hidden,
                                             config.activation, likelihood.outputs_per_pixel,
                                             batch_norm=config.batch_norm)
-    guide = make_guide(WithLabel(encoder, config.classes), features + config.classes, latent)
+    return latent, decoder, make_guide(WithLabel(encoder, config.classes), features + config.classes, latent)
+
+
+def _build_cvae(config, obs_shape, likelihood, make_guide, make_prior):
+    latent, decoder, guide = labelled_decoder_and_guide(config, obs_shape, likelihood, make_guide, "cvae")
     model = ConditionalVAE(decoder, likelihood, make_prior(guide, latent), latent, config.classes)
     return model, guide
 

@@ -30,7 +30,7 @@ from torch import nn
 
 from . import contract, nets, objectives
 from .errors import PyroVAEError
-from .models import ConditionalVAE, WithLabel, _one_layer
+from .models import ConditionalVAE, labelled_decoder_and_guide
 
 # The label set's draw has its own stream, derived from the run's seed: the same --seed and
 # --labelled give the same labelled images whatever else the run draws.
@@ -92,16 +92,10 @@ def build(config, obs_shape, likelihood, make_guide, make_prior):
     """Model and guide of ``--model m2``: q(y|x) has its own network of the run's architecture
     (as in Kingma et al. and Pyro's example), so the classifier's features are not those shaped
     by reconstruction."""
-    if not config.classes or config.classes < 2:
-        raise PyroVAEError(f"--model m2 needs at least 2 label classes, got {config.classes!r}")
-    latent = _one_layer(config, "m2")
-    encoder, features, decoder = nets.build(config.arch, obs_shape, latent + config.classes, config.hidden,
-                                            config.activation, likelihood.outputs_per_pixel,
-                                            batch_norm=config.batch_norm)
+    latent, decoder, z_guide = labelled_decoder_and_guide(config, obs_shape, likelihood, make_guide, "m2")
     trunk, trunk_features, _ = nets.build(config.arch, obs_shape, 1, config.hidden, config.activation, 1,
                                           batch_norm=config.batch_norm)
     classifier = nn.Sequential(trunk, nn.Linear(trunk_features, config.classes))
-    z_guide = make_guide(WithLabel(encoder, config.classes), features + config.classes, latent)
     model = M2(decoder, likelihood, make_prior(z_guide, latent), latent, config.classes)
     return model, M2Guide(classifier, z_guide, config.classes)
 

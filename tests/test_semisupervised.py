@@ -26,17 +26,9 @@ from pyro_vae.semisupervised import M2, M2Guide, SemiSupervisedLoss, TrainingPla
     labelled_rows, predict, style_analogies
 from cli_errors import user_error
 from linear_gaussian import SIGMA, FixedScaleNormal
-from test_conditional import LinearCVAE, LabelAffineGuide
+from test_conditional import LinearCVAE, double  # noqa: F401 (a fixture)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture
-def double():
-    dtype = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(dtype)
 
 
 def tiny_m2(classes: int, d: int = 6, latent: int = 2, sigma: float = 0.7):
