@@ -169,8 +169,9 @@ def _parser() -> argparse.ArgumentParser:
     encode.add_argument("run_dir")
     encode.add_argument("--split", choices=("train", "valid", "test", "all"), default="all")
     encode.add_argument("--out", required=True, help=".npz file to write (x, y, split), readable by --dataset")
-    encode.add_argument("--what", choices=("mean", "sample"), default="mean",
-                        help="E_q[z|x], or one draw of q (default mean)")
+    encode.add_argument("--what", choices=("mean", "sample", "posterior"), default="mean",
+                        help="E_q[z|x]; one draw of q; or the mean and the posterior's sd (x_sd), a dataset whose "
+                             "training rows are drawn afresh from q each time (M1+M2 as Kingma et al.) (default mean)")
     encode.add_argument("--batch-size", type=int, default=500)
     encode.add_argument("--data-dir", default=None)
     encode.add_argument("--device", choices=DEVICE_CHOICES, default="auto")

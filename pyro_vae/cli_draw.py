@@ -81,5 +81,6 @@ def cmd_encode(args) -> int:
     arrays = encode.encode(checkpoint.pair, data, checkpoint.config, splits, args.what, device, args.batch_size)
     encode.write(args.out, arrays)
     print(f"wrote {args.out}: {arrays['x'].shape[0]} rows of {arrays['x'].shape[1]} "
-          f"{'posterior means' if args.what == 'mean' else 'posterior draws'} ({', '.join(splits)})")
+          f"{ {'mean': 'posterior means', 'sample': 'posterior draws', 'posterior': 'posterior means and sds'}[args.what]} "
+          f"({', '.join(splits)})")
     return 0

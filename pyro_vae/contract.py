@@ -189,17 +189,21 @@ def site_means(guide, x: torch.Tensor, y=None, samples: int = 1000) -> dict[str,
     name = getattr(guide, "site_name", None)
     if name is not None and callable(getattr(guide, "mean", None)):
         return {name: guide.mean(x, y)}
-    return {name: d.mean(0).reshape(x.shape[0], -1) for name, d in guide_draws(guide, x, y, samples).items()}
+    return {name: d.mean(0).reshape(x.shape[0], -1) for name, d in guide_draws(guide, x, y, samples).items()
+            if d.is_floating_point()}  # a discrete site (a label) has no mean to report
 
 
 @torch.no_grad()
 def site_moments(guide, x: torch.Tensor, y=None, samples: int = 1000) -> dict[str, tuple]:
-    """Site name -> (mean, per-dimension variance) of q(z|x), each flattened to (N, d)."""
+    """Site name -> (mean, per-dimension variance) of q(z|x), each flattened to (N, d), for the
+    continuous sites."""
     name = getattr(guide, "site_name", None)
     if name is not None and callable(getattr(guide, "moments", None)):
         return {name: guide.moments(x, y)}
     out = {}
     for name, d in guide_draws(guide, x, y, samples).items():
+        if not d.is_floating_point():
+            continue
         flat = d.reshape(samples, x.shape[0], -1)
         out[name] = (flat.mean(0), flat.var(0))
     return out

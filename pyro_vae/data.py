@@ -37,12 +37,18 @@ class Raw:
     y: dict
     obs_shape: tuple
     scale: float = 1.0
+    sd: dict | None = None  # per-row standard deviations of x: rows that are distributions (see Data)
 
 
 @dataclass
 class Data:
     """Observations per split as stored, (N, *obs_shape), uint8 where the source is 8-bit or
-    binary; ``scale[split]`` divides them into the values the model sees. Labels (N,) or None."""
+    binary; ``scale[split]`` divides them into the values the model sees. Labels (N,) or None.
+
+    ``sd[split]`` (same shape as x, or None) makes each row a distribution N(x, sd^2), the
+    posterior of a first-stage model (``pyro-vae encode --what posterior``): training rows are
+    drawn afresh each time they are used, as Kingma et al.'s M1+M2 trains M2 on new draws of M1's
+    posterior; validation and test hold one fixed draw, as they hold one fixed binarization."""
 
     name: str
     x: dict
@@ -51,6 +57,7 @@ class Data:
     likelihood: str
     binarize: str
     scale: dict = field(default_factory=lambda: {s: 1.0 for s in SPLITS})
+    sd: dict = field(default_factory=lambda: {s: None for s in SPLITS})
 
     @property
     def obs_dim(self) -> int:
@@ -88,6 +95,8 @@ class Data:
         x = self._float(self.x[split].to(device), split)
         if split == "train" and self.binarize == "dynamic":
             x = torch.from_numpy(_binarize_static(x.cpu().numpy(), split)).to(x)
+        if split == "train" and self.sd["train"] is not None:
+            x = x + torch.from_numpy(_fixed_noise(self.sd["train"].numpy(), split)).to(x)
         return x
 
     def labels(self, split: str, device=None):
@@ -100,6 +109,8 @@ class Data:
         x = self._float(self.x[split][rows].to(device, non_blocking=True), split)
         if split == "train" and self.binarize == "dynamic":
             x = torch.bernoulli(x)
+        if split == "train" and self.sd["train"] is not None:
+            x = x + self.sd["train"][rows].to(x) * torch.randn_like(x)
         y = self.y.get(split)
         return x, (None if y is None else y[rows].to(device, non_blocking=True))
 
@@ -228,11 +239,20 @@ def load_array_file(path: Path) -> Raw:
     # 8-bit arrays stay 8-bit in memory; values are used as stored
     x = x if x.dtype == np.uint8 else x.astype(np.float32)
     y = None if y is None else y.astype(np.int64)
-    if "split" in arrays:
-        xs, ys = _split_given(arrays["split"], x, y, path)
-    else:
-        xs, ys = _split_fixed(x, y)
-    return Raw(xs, ys, obs_shape)
+    sd = arrays.get("x_sd")
+    if sd is not None:
+        if sd.shape != arrays["x"].shape or not np.issubdtype(sd.dtype, np.floating) or not np.isfinite(sd).all() \
+                or (sd < 0).any():
+            raise PyroVAEError(f"'x_sd' in {path} must be finite non-negative standard deviations of the shape of 'x' "
+                               f"{arrays['x'].shape}, got shape {sd.shape} of dtype {sd.dtype}")
+        sd = sd.reshape(x.shape).astype(np.float32)
+    split = arrays.get("split")
+
+    def split_rows(values):  # (x, values) per split: the file's own splits, or the fixed random ones
+        return _split_fixed(x, values) if split is None else _split_given(split, x, values, path)
+
+    xs, ys = split_rows(y)
+    return Raw(xs, ys, obs_shape, sd=None if sd is None else split_rows(sd)[1])
 
 
 def _split_given(split: np.ndarray, x: np.ndarray, y, path: Path) -> tuple[dict, dict]:
@@ -280,6 +300,12 @@ def check_name(name: str) -> None:
         raise PyroVAEError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)} or a path to a .npz/.npy file")
 
 
+def _fixed_noise(sd: np.ndarray, split: str) -> np.ndarray:
+    """One fixed draw of N(0, sd^2) per split, the same for every run."""
+    return (np.random.default_rng([_BINARIZE_SEED, SPLITS.index(split), 1]).standard_normal(sd.shape) * sd).astype(
+        np.float32)
+
+
 def _binarize_static(x: np.ndarray, split: str) -> np.ndarray:
     rng = np.random.default_rng([_BINARIZE_SEED, SPLITS.index(split)])
     return (rng.random(x.shape, dtype=np.float32) < x).astype(np.float32)
@@ -317,4 +343,11 @@ def load(name: str, data_dir: str | Path | None = None, download: bool = False,
             x, scale = (x / scale).astype(np.uint8), 1.0  # 0/1, stored in a byte
         xs[split], scales[split] = torch.from_numpy(np.ascontiguousarray(x)), float(scale)
     ys = {s: (torch.from_numpy(raw.y[s]) if raw.y.get(s) is not None else None) for s in SPLITS}
-    return Data(name, xs, ys, tuple(raw.obs_shape), likelihood, binarize, scales)
+    if raw.sd is not None and (binarize != "none" or likelihood == "bernoulli"):
+        raise PyroVAEError(f"{name} holds posterior rows (x_sd): a continuous likelihood without --binarize scores them")
+    sds = {s: None for s in SPLITS}
+    if raw.sd is not None:  # validation and test: one fixed draw; training: a new one per batch
+        sds["train"] = torch.from_numpy(raw.sd["train"])
+        for split in ("valid", "test"):
+            xs[split] = xs[split] + torch.from_numpy(_fixed_noise(raw.sd[split], split))
+    return Data(name, xs, ys, tuple(raw.obs_shape), likelihood, binarize, scales, sds)

@@ -101,23 +101,27 @@ def build(config, obs_shape, likelihood, make_guide, make_prior):
 
 
 def labelled_rows(labels: torch.Tensor, n: int, classes: int, seed: int) -> torch.Tensor:
-    """The rows of ``n`` labelled training images, class-balanced: n // classes of every class,
-    the remainder one more for classes drawn at random; sorted. Drawn from ``seed`` alone."""
+    """The rows of ``n`` labelled training images, as class-balanced as the split allows: n //
+    classes of every class and the remainder one more for classes drawn at random, a class with
+    too few images giving all it has and its share passing to the others; sorted. Drawn from
+    ``seed`` alone."""
     total = labels.shape[0]
     if not isinstance(n, int) or isinstance(n, bool) or n < classes or n > total:
         raise PyroVAEError(f"--labelled must be between the number of classes ({classes}) and the size of the "
                            f"training split ({total}), got {n!r}")
     rng = np.random.default_rng([_LABEL_SEED, seed])
-    y = labels.numpy()
-    per_class = np.full(classes, n // classes)
-    per_class[rng.choice(classes, n % classes, replace=False)] += 1
-    rows = []
-    for c in range(classes):
-        members = np.flatnonzero(y == c)
-        if members.size < per_class[c]:
-            raise PyroVAEError(f"--labelled {n} asks for {per_class[c]} images of class {c}, and the training split "
-                               f"has {members.size}")
-        rows.append(rng.choice(members, per_class[c], replace=False))
+    members = [np.flatnonzero(labels.numpy() == c) for c in range(classes)]
+    quota = np.zeros(classes, dtype=np.int64)
+    left = n
+    while left:  # fill the classes evenly, in a random order each round, until n are taken
+        open_ = [c for c in rng.permutation(classes) if quota[c] < members[c].size]
+        if left >= len(open_):
+            quota[open_] += left // len(open_)
+        else:
+            quota[open_[:left]] += 1
+        quota = np.minimum(quota, [m.size for m in members])
+        left = n - int(quota.sum())
+    rows = [rng.choice(members[c], quota[c], replace=False) for c in range(classes)]
     return torch.from_numpy(np.sort(np.concatenate(rows))).long()
 
 

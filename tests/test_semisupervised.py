@@ -199,6 +199,12 @@ def test_labelled_rows_are_class_balanced_and_seeded():
     assert counts.sum() == 43 and counts.max() - counts.min() <= 1
     assert torch.equal(rows, labelled_rows(labels, 43, 10, seed=0))
     assert not torch.equal(rows, labelled_rows(labels, 43, 10, seed=1))
+    # a class with too few images gives all it has; the others make up the number
+    uneven = torch.cat([torch.zeros(5, dtype=torch.long), torch.ones(50, dtype=torch.long), torch.full((45,), 2)])
+    for n in (30, 54, 100):
+        counts = torch.bincount(uneven[labelled_rows(uneven, n, 3, seed=2)], minlength=3)
+        assert counts.sum() == n and counts[0] == 5
+        assert abs(int(counts[1]) - int(counts[2])) <= 1 if n < 100 else counts.tolist() == [5, 50, 45]
     for bad in (9, 1001, 0):
         with pytest.raises(pyro_vae.PyroVAEError, match="--labelled must be between"):
             labelled_rows(labels, bad, 10, seed=0)
@@ -370,3 +376,37 @@ def test_command_line_errors(tmp_path, capsys, m2_run):
                                                              "--out", png])
     assert "--out must name a .npz" in user_error(capsys, ["encode", str(m2_run), "--out", str(tmp_path / "c.csv")])
     assert not (tmp_path / "s.png").exists()
+
+
+def test_posterior_codes_are_drawn_afresh_for_training(tmp_path, capsys):
+    """``encode --what posterior`` writes each code's mean and sd; as a dataset, its training rows
+    are new draws of N(mean, sd^2) every time, validation and test one fixed draw."""
+    vae = tmp_path / "m1"
+    assert main(["train", "--dataset", "digits", "--hidden", "16", "--latent-dim", "3", "--epochs", "1",
+                 "--out", str(vae), "--device", "cpu", "--quiet"]) == 0
+    codes = tmp_path / "post.npz"
+    assert main(["encode", str(vae), "--what", "posterior", "--out", str(codes), "--device", "cpu"]) == 0
+    run = pyro_vae.load_run(vae)
+    digits = load_data(run.config)
+    x_test = digits.observations("test")
+    loc, scale = run.pair.guide.eval().loc_scale(x_test)
+    with np.load(codes) as f:
+        test = f["split"] == "test"
+        np.testing.assert_allclose(f["x"][test], loc.detach().numpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(f["x_sd"][test], scale.detach().numpy(), rtol=1e-5, atol=1e-6)
+        mean_train, sd_train = f["x"][f["split"] == "train"], f["x_sd"][f["split"] == "train"]
+        arrays = {k: f[k] for k in f.files}
+    d = data_mod.load(str(codes), likelihood="gaussian")
+    rows = torch.arange(200)
+    first, second = d.batch("train", rows)[0], d.batch("train", rows)[0]
+    assert not torch.equal(first, second)
+    z = (torch.cat([first, second]) - torch.from_numpy(mean_train[:200]).repeat(2, 1)) / torch.from_numpy(
+        sd_train[:200]).repeat(2, 1)
+    assert abs(z.mean().item()) < 0.1 and abs(z.std().item() - 1) < 0.1  # standard normal residuals
+    again = data_mod.load(str(codes), likelihood="gaussian")
+    assert torch.equal(d.observations("test"), again.observations("test"))  # one fixed draw
+    assert not torch.equal(d.observations("test"), torch.from_numpy(arrays["x"][test]))
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, **{**arrays, "x_sd": -arrays["x_sd"]})
+    assert "'x_sd'" in user_error(capsys, ["train", "--dataset", str(bad), "--likelihood", "gaussian",
+                                           "--out", str(tmp_path / "never"), "--quiet"])
