@@ -80,7 +80,6 @@ def cmd_encode(args) -> int:
     splits = SPLITS if args.split == "all" else (args.split,)
     arrays = encode.encode(checkpoint.pair, data, checkpoint.config, splits, args.what, device, args.batch_size)
     encode.write(args.out, arrays)
-    print(f"wrote {args.out}: {arrays['x'].shape[0]} rows of {arrays['x'].shape[1]} "
-          f"{ {'mean': 'posterior means', 'sample': 'posterior draws', 'posterior': 'posterior means and sds'}[args.what]} "
-          f"({', '.join(splits)})")
+    what = {"mean": "posterior means", "sample": "posterior draws", "posterior": "posterior means and sds"}[args.what]
+    print(f"wrote {args.out}: {arrays['x'].shape[0]} rows of {arrays['x'].shape[1]} {what} ({', '.join(splits)})")
     return 0

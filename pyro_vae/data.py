@@ -72,7 +72,8 @@ class Data:
         """The number of label classes: every label an integer 0..C-1 and every class present in
         the training split, or a :class:`PyroVAEError`."""
         if not self.labelled:
-            raise PyroVAEError(f"a model that takes labels (cvae, m2) needs labelled data, and {self.name} has no labels")
+            raise PyroVAEError(f"a model that takes labels (cvae, m2) needs labelled data, and {self.name} has no "
+                               "labels")
         if any(self.y[s].dtype.is_floating_point or self.y[s].dtype == torch.bool for s in SPLITS):
             raise PyroVAEError(f"labels of {self.name} must be integers, got {self.y['train'].dtype}")
         low = min(int(self.y[s].min()) for s in SPLITS)
@@ -344,7 +345,8 @@ def load(name: str, data_dir: str | Path | None = None, download: bool = False,
         xs[split], scales[split] = torch.from_numpy(np.ascontiguousarray(x)), float(scale)
     ys = {s: (torch.from_numpy(raw.y[s]) if raw.y.get(s) is not None else None) for s in SPLITS}
     if raw.sd is not None and (binarize != "none" or likelihood == "bernoulli"):
-        raise PyroVAEError(f"{name} holds posterior rows (x_sd): a continuous likelihood without --binarize scores them")
+        raise PyroVAEError(f"{name} holds posterior rows (x_sd): a continuous likelihood without --binarize scores "
+                           "them")
     sds = {s: None for s in SPLITS}
     if raw.sd is not None:  # validation and test: one fixed draw; training: a new one per batch
         sds["train"] = torch.from_numpy(raw.sd["train"])

@@ -192,7 +192,8 @@ def build(config, obs_shape, likelihood, make_guide, make_prior):
     hidden = list(config.layer_hidden if config.layer_hidden is not None else DEFAULT_LAYER_HIDDEN)
     act = nets.activation(config.activation)
     encoder, features, decoder = nets.build(config.arch, obs_shape, dims[0], config.hidden, config.activation,
-                                            likelihood.outputs_per_pixel, batch_norm=config.batch_norm)
+                                            likelihood.out_channels(nets.channels(obs_shape)),
+                                            batch_norm=config.batch_norm)
     conditionals = nn.ModuleList(GaussianLayer(dims[i + 1], dims[i], hidden, act, config.batch_norm)
                                  for i in range(len(dims) - 1))
     parts = {"dims": dims, "layer_hidden": hidden, "act": act, "encoder": encoder, "features": features,

@@ -1,8 +1,10 @@
 """Likelihoods p(x|z) registry: the decoder's output turned into a distribution over one
 observation of shape ``obs_shape`` (its event shape), whatever the number of leading dimensions.
 
-A decoder gives ``outputs_per_pixel * D`` numbers per latent draw, laid out as [first parameter
-for all D pixels, second ..., ...]; the likelihood reshapes them to the observation's shape.
+A decoder gives ``out_channels(C)`` numbers per pixel location (C channels), laid out as an image
+(out_channels, H, W) flattened: for the per-pixel families, [first parameter of all C channels,
+second ..., ...], ``outputs_per_pixel`` parameters per channel; the likelihood reshapes them to the
+observation's shape.
 """
 
 from __future__ import annotations
@@ -42,6 +44,10 @@ class Likelihood(nn.Module):
     def __init__(self, obs_shape: tuple | None = None):
         super().__init__()
         self.obs_shape = None if obs_shape is None else tuple(obs_shape)
+
+    def out_channels(self, channels: int) -> int:
+        """Decoder outputs per pixel location of an observation with ``channels`` channels."""
+        return self.outputs_per_pixel * channels
 
     def shaped(self, out: torch.Tensor) -> torch.Tensor:
         """(..., P * D) -> (..., P, *obs_shape)."""

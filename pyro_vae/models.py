@@ -141,7 +141,8 @@ def _build_vae(config, obs_shape, likelihood, make_guide, make_prior):
         return hierarchical.build(config, obs_shape, likelihood, make_guide, make_prior)
     latent = _one_layer(config, "vae")
     encoder, features, decoder = nets.build(config.arch, obs_shape, latent, config.hidden, config.activation,
-                                            likelihood.outputs_per_pixel, batch_norm=config.batch_norm)
+                                            likelihood.out_channels(nets.channels(obs_shape)),
+                                            batch_norm=config.batch_norm)
     guide = make_guide(encoder, features, latent)
     return VAE(decoder, likelihood, make_prior(guide, latent), latent), guide
 
@@ -153,7 +154,7 @@ def labelled_decoder_and_guide(config, obs_shape, likelihood, make_guide, model:
         raise PyroVAEError(f"--model {model} needs at least 2 label classes, got {config.classes!r}")
     latent = _one_layer(config, model)
     encoder, features, decoder = nets.build(config.arch, obs_shape, latent + config.classes, config.hidden,
-                                            config.activation, likelihood.outputs_per_pixel,
+                                            config.activation, likelihood.out_channels(nets.channels(obs_shape)),
                                             batch_norm=config.batch_norm)
     return latent, decoder, make_guide(WithLabel(encoder, config.classes), features + config.classes, latent)
 

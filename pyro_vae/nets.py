@@ -3,8 +3,9 @@
 An encoder trunk maps observations (..., *obs_shape) to hidden features h(x) of size
 ``features`` (an MLP flattens the observation itself); the guide owns the heads that turn h(x)
 into posterior parameters, so flows can be conditioned on the same h(x). A decoder maps latents
-(..., L) to ``outputs_per_pixel * D`` likelihood parameters laid out as [first parameter for all
-D pixels, second ..., ...], which the likelihood shapes into images. Both accept any number of
+(..., L) to ``out_channels`` likelihood parameters per pixel location (``likelihood.out_channels(C)``
+for C channels), laid out as an image of ``out_channels`` channels, (out_channels, H, W) flattened
+(flat observations (D,) count as D locations of one channel), which the likelihood shapes. Both accept any number of
 leading batch dimensions (vectorized particles add one).
 """
 
@@ -91,18 +92,23 @@ class _Crop(nn.Module):
         return x[..., : self.height, : self.width]
 
 
-def build_mlp(obs_shape: tuple, latent_dim: int, hidden: list[int], act_name: str, outputs_per_pixel: int,
+def channels(obs_shape: tuple) -> int:
+    """The channels of an observation: C of an image (C, H, W), 1 of anything else."""
+    return obs_shape[0] if len(obs_shape) == 3 else 1
+
+
+def build_mlp(obs_shape: tuple, latent_dim: int, hidden: list[int], act_name: str, out_channels: int,
               batch_norm: bool = False):
     """Returns (encoder trunk, features, decoder) of the fully connected architecture."""
     d = math.prod(obs_shape)
     act = activation(act_name)
     encoder = FlatMLP(mlp([d] + list(hidden), act, final_act=True, batch_norm=batch_norm), obs_shape)
-    decoder = mlp([latent_dim] + list(reversed(hidden)) + [outputs_per_pixel * d], act, final_act=False,
-                  batch_norm=batch_norm)
+    decoder = mlp([latent_dim] + list(reversed(hidden)) + [out_channels * (d // channels(obs_shape))], act,
+                  final_act=False, batch_norm=batch_norm)
     return encoder, hidden[-1], decoder
 
 
-def build_conv(obs_shape: tuple, latent_dim: int, hidden: list[int], act_name: str, outputs_per_pixel: int,
+def build_conv(obs_shape: tuple, latent_dim: int, hidden: list[int], act_name: str, out_channels: int,
                batch_norm: bool = False):
     """Two stride-2 convolutions (32, 64 channels) and a dense layer of ``hidden[-1]`` units,
     mirrored by the decoder; works for any image of at least 4x4 pixels."""
@@ -121,10 +127,10 @@ def build_conv(obs_shape: tuple, latent_dim: int, hidden: list[int], act_name: s
     decoder_net = nn.Sequential(
         nn.Linear(latent_dim, width), act(), nn.Linear(width, 64 * h4 * w4), act(),
         nn.Unflatten(1, (64, h4, w4)),
-        nn.ConvTranspose2d(64, 32, 4, 2, 1), act(), nn.ConvTranspose2d(32, c * outputs_per_pixel, 4, 2, 1),
+        nn.ConvTranspose2d(64, 32, 4, 2, 1), act(), nn.ConvTranspose2d(32, out_channels, 4, 2, 1),
         _Crop(h, w),
     )
-    decoder = _Flat(decoder_net, (latent_dim,), outputs_per_pixel * c * h * w)
+    decoder = _Flat(decoder_net, (latent_dim,), out_channels * h * w)
     return encoder, width, decoder
 
 
@@ -133,8 +139,9 @@ ARCHITECTURES.add("mlp", build_mlp, "fully connected layers of --hidden units (t
 ARCHITECTURES.add("conv", build_conv, "two stride-2 convolutions (32, 64 channels) and a dense layer; images only")
 
 
-def build(arch: str, obs_shape: tuple, latent_dim: int, hidden: list[int], act_name: str, outputs_per_pixel: int,
+def build(arch: str, obs_shape: tuple, latent_dim: int, hidden: list[int], act_name: str, out_channels: int,
           batch_norm: bool = False):
-    """Look up ``arch`` in :data:`ARCHITECTURES` and build (encoder, features, decoder)."""
-    return ARCHITECTURES[arch].build(tuple(obs_shape), latent_dim, hidden, act_name, outputs_per_pixel,
+    """Look up ``arch`` in :data:`ARCHITECTURES` and build (encoder, features, decoder); the decoder
+    gives ``out_channels`` numbers per pixel location."""
+    return ARCHITECTURES[arch].build(tuple(obs_shape), latent_dim, hidden, act_name, out_channels,
                                      batch_norm=batch_norm)

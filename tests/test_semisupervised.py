@@ -187,7 +187,8 @@ def test_classifier_and_posterior_means_of_the_linear_m2():
     assert grid.shape == (3, 1 + lin.C, lin.D)
     torch.testing.assert_close(grid[:, 0], x[:3])
     for c in range(lin.C):
-        torch.testing.assert_close(grid[:, 1 + c], lin.mean_image(lin.posterior_mean(x[:3], y[:3]), torch.full((3,), c)))
+        style = lin.posterior_mean(x[:3], y[:3])
+        torch.testing.assert_close(grid[:, 1 + c], lin.mean_image(style, torch.full((3,), c)))
 
 
 def test_labelled_rows_are_class_balanced_and_seeded():
