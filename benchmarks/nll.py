@@ -281,9 +281,7 @@ def append_record(path: Path, record: dict) -> None:
 
 
 def write_markdown(results: Path, tier: str, device: str) -> Path:
-    latest = {}
-    for r in sorted(nll_table.read_records(results, tier, device), key=lambda r: r["finished"]):
-        latest[r["id"]] = r
+    latest = nll_table.latest(nll_table.read_records(results, tier, device))
     declared = [c.id for c in TIERS[tier]]
     path = results / f"{tier}-{device}.md"
     text = nll_table.markdown(tier, device, [latest[i] for i in declared if i in latest],
@@ -405,9 +403,7 @@ def run_cell(cell: Cell, tier: str, device: torch.device, work: Path, data_dir: 
         "parameters": {**{part: sum(p.numel() for p in getattr(checkpoint.pair, part).parameters())
                           for part in ("model", "guide")},
                        "total": sum(p.numel() for p in checkpoint.pair.parameters())},
-        "contended": device.type == "cpu" and busy < 0.75 * torch.get_num_threads(),
-        "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        **throughput.facts(device, load_before, busy),
+        **throughput.finish_facts(device, load_before, busy),
     }
     if cell.likelihood == "gaussian" and cell.dataset == "frey":
         dim = data.obs_dim
@@ -420,49 +416,35 @@ def run_cell(cell: Cell, tier: str, device: torch.device, work: Path, data_dir: 
 
 # --- command line ----------------------------------------------------------------------------------
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line and exit 2, like the package's CLI
-        raise PyroVAEError(message)
-
-
 def parse(argv) -> argparse.Namespace:
-    parser = _Parser(prog="nll.py", description=__doc__.splitlines()[0], allow_abbrev=False)
-    parser.add_argument("--tier", required=True, help=f"one of {', '.join(TIERS)}")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
-    parser.add_argument("--only", type=lambda t: [s for s in t.split(",") if s],
-                        help="run only cells whose id contains one of these comma-separated substrings")
-    parser.add_argument("--force", action="store_true", help="retrain cells already in the results")
+    parser = throughput.Parser(prog="nll.py", description=__doc__.splitlines()[0], allow_abbrev=False)
+    throughput.tier_arguments(parser, TIERS, "retrain cells already in the results")
     parser.add_argument("--results", default=str(REPO / "benchmarks" / "results"))
-    parser.add_argument("--work", help="run directories (default runs/bench/<tier>)")
-    parser.add_argument("--data-dir", help="default $PYRO_VAE_DATA, else ../shared/data beside the repository")
-    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: the tier's, see THREADS)")
-    args = parser.parse_args(argv)
-    if args.threads is not None and args.threads < 1:
-        raise PyroVAEError(f"--threads must be a positive integer, got {args.threads}")
-    if args.tier not in TIERS:
-        raise PyroVAEError(f"unknown --tier {args.tier!r}; choose from {', '.join(TIERS)}")
-    if args.only is not None and not args.only:
-        raise PyroVAEError("--only needs at least one substring")
-    return args
+    throughput.work_arguments(parser, "run directories (default runs/bench/<tier>)",
+                              "torch intra-op threads (default: the tier's, see THREADS)")
+    return throughput.check_arguments(parser.parse_args(argv), TIERS)
 
 
-def run_tier(args) -> int:
-    device = resolve_device(args.device)
-    cells = [c for c in TIERS[args.tier] if not args.only or any(s in c.id for s in args.only)]
+def selected(cells, args) -> tuple[list, Path | None]:
+    """The cells ``--only`` picks (none is a user error) and the data folder (``--data-dir``, else
+    the default): flags of ``throughput.tier_arguments`` and ``throughput.work_arguments``."""
+    cells = [c for c in cells if not args.only or any(s in c.id for s in args.only)]
     if not cells:
         raise PyroVAEError(f"--only {','.join(args.only)} matches no cell of tier {args.tier}")
     data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
     if data_dir is not None and not data_dir.is_dir():
         raise PyroVAEError(f"--data-dir {data_dir} is not a folder")
+    return cells, data_dir
+
+
+def run_tier(args) -> int:
+    device = resolve_device(args.device)
+    cells, data_dir = selected(TIERS[args.tier], args)
     results = Path(args.results)
     work = Path(args.work or Path("runs") / "bench" / args.tier) / device.type
     done = {r["id"] for r in nll_table.read_records(results, args.tier, device.type)}
-    threads, before = args.threads or THREADS.get(args.tier), torch.get_num_threads()
-    torch.set_num_threads(threads or before)
-    try:
+    with throughput.torch_threads(args.threads or THREADS.get(args.tier)):
         run_cells(cells, args, device, results, work, data_dir, done)
-    finally:
-        torch.set_num_threads(before)  # main() may run inside another program, e.g. the tests
     return 0
 
 
@@ -487,14 +469,7 @@ def run_cells(cells, args, device, results: Path, work: Path, data_dir, done: se
 
 
 def main(argv=None) -> int:
-    try:
-        return run_tier(parse(argv))
-    except PyroVAEError as err:
-        print(f"nll.py: error: {err}", file=sys.stderr)
-        return 2
-    except OSError as err:  # an unwritable --results or --work, a full disk
-        print(f"nll.py: error: {err.strerror or err}: {err.filename or ''}".rstrip(": "), file=sys.stderr)
-        return 2
+    return throughput.cli("nll.py", parse, run_tier, argv)
 
 
 if __name__ == "__main__":

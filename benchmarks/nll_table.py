@@ -96,14 +96,24 @@ def anchors_for(cell) -> list[str]:
     return [key for key, a in ANCHORS.items() if all(getattr(cell, f) == v for f, v in a.setting.items())]
 
 
-def results_files(results: Path, tier: str, device: str) -> list[Path]:
-    pattern = re.compile(rf"{re.escape(tier)}-{re.escape(device)}-\d{{4}}-\d{{2}}-\d{{2}}\.jsonl")
+def dated_files(results: Path, name: str) -> list[Path]:
+    """The results files ``<name>-YYYY-MM-DD.jsonl`` in ``results``, oldest first."""
+    pattern = re.compile(rf"{re.escape(name)}-\d{{4}}-\d{{2}}-\d{{2}}\.jsonl")
     return sorted(p for p in results.glob("*.jsonl") if pattern.fullmatch(p.name)) if results.is_dir() else []
 
 
+def results_files(results: Path, tier: str, device: str) -> list[Path]:
+    return dated_files(results, f"{tier}-{device}")
+
+
 def read_records(results: Path, tier: str, device: str) -> list[dict]:
+    return read_lines(results_files(results, tier, device))
+
+
+def read_lines(paths: list[Path]) -> list[dict]:
+    """Every JSON line of ``paths``, in order; a line that is not JSON is a user error naming it."""
     records = []
-    for path in results_files(results, tier, device):
+    for path in paths:
         for n, line in enumerate(path.read_text().splitlines(), 1):
             if line.strip():
                 try:
@@ -111,6 +121,14 @@ def read_records(results: Path, tier: str, device: str) -> list[dict]:
                 except json.JSONDecodeError:
                     raise PyroVAEError(f"{path}, line {n}, is not JSON; remove or repair it") from None
     return records
+
+
+def latest(records: list[dict]) -> dict:
+    """Cell id -> its newest line (by ``finished``), the ids in the order they first finished."""
+    out = {}
+    for r in sorted(records, key=lambda r: r["finished"]):
+        out[r["id"]] = r
+    return out
 
 
 def _pm(value: float, se: float, digits: int = 2) -> str:

@@ -15,6 +15,7 @@ pixels show.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import datetime
 import json
@@ -224,6 +225,14 @@ def facts(device, load_before: float, busy: float) -> dict:
     }
 
 
+def finish_facts(device, load_before: float, busy: float, **extra) -> dict:
+    """The end of a benchmark cell's line: when it finished, whether other processes competed for its
+    cores (its process got under 75% of its threads' CPU time), ``extra``, then ``facts``."""
+    return {"contended": device.type == "cpu" and busy < 0.75 * torch.get_num_threads(),
+            "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            **extra, **facts(device, load_before, busy)}
+
+
 def caution_lines(report: dict) -> list[str]:
     m = report["machine"]
     if m["process_cpu_seconds_per_wall_second"] < 0.75 * m["torch_threads"] and report["device"] == "cpu":
@@ -269,6 +278,68 @@ def timing_arguments(parser, steps: int, warmup: int) -> None:
     parser.add_argument("--warmup", type=int, default=warmup, help="untimed steps per contender first")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="benchmarks/results")
+
+
+# --- the command line of the benchmarks of declared tiers (nll.py, semisupervised.py) ----------------
+
+class Parser(argparse.ArgumentParser):
+    """A parser whose errors are ``PyroVAEError``s: ``cli`` prints them as one line and returns 2,
+    like the package's CLI."""
+
+    def error(self, message):
+        raise PyroVAEError(message)
+
+
+def tier_arguments(parser, tiers, force: str) -> None:
+    """--tier, --device, --only and --force, the first flags of a benchmark of declared tiers."""
+    parser.add_argument("--tier", required=True, help=f"one of {', '.join(tiers)}")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    parser.add_argument("--only", type=lambda t: [s for s in t.split(",") if s],
+                        help="run only cells whose id contains one of these comma-separated substrings")
+    parser.add_argument("--force", action="store_true", help=force)
+
+
+def work_arguments(parser, work: str, threads: str) -> None:
+    """--work, --data-dir and --threads, the last flags of a benchmark of declared tiers."""
+    parser.add_argument("--work", help=work)
+    parser.add_argument("--data-dir", help="default $PYRO_VAE_DATA, else ../shared/data beside the repository")
+    parser.add_argument("--threads", type=int, help=threads)
+
+
+def check_arguments(args, tiers) -> argparse.Namespace:
+    """The flags of ``tier_arguments`` and ``work_arguments`` that argparse cannot check."""
+    if args.tier not in tiers:
+        raise PyroVAEError(f"unknown --tier {args.tier!r}; choose from {', '.join(tiers)}")
+    if args.threads is not None and args.threads < 1:
+        raise PyroVAEError(f"--threads must be a positive integer, got {args.threads}")
+    if args.only is not None and not args.only:
+        raise PyroVAEError("--only needs at least one substring")
+    return args
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None):
+    """torch's intra-op threads set to ``threads`` (None: left as they are) inside the block, then
+    restored: main() may run inside another program, e.g. the tests."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads or before)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def cli(prog: str, parse, run, argv) -> int:
+    """``run(parse(argv))``; a user error, or an OSError (an unwritable results or work folder, a
+    full disk), prints one line ``<prog>: error: ...`` on stderr and returns 2."""
+    try:
+        return run(parse(argv))
+    except PyroVAEError as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        print(f"{prog}: error: {err.strerror or err}: {err.filename or ''}".rstrip(": "), file=sys.stderr)
+        return 2
 
 
 def main(argv=None) -> int:

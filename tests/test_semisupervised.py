@@ -312,14 +312,24 @@ def test_samples_by_label_and_style_analogies(m2_run, tmp_path):
     assert styles.read_bytes()[:8] == PNG_MAGIC and styles.read_bytes() == by_hand.read_bytes()
 
 
-def test_encode_round_trips_and_m2_keeps_the_splits(tmp_path, capsys):
-    vae = tmp_path / "m1"
+@pytest.fixture(scope="module")
+def m1_run(tmp_path_factory):
+    """A digits VAE with a 3-dimensional z: the M1 of M1+M2."""
+    vae = tmp_path_factory.mktemp("m1") / "run"
     assert main(["train", "--dataset", "digits", "--hidden", "32", "--latent-dim", "3", "--epochs", "2",
                  "--out", str(vae), "--device", "cpu", "--quiet"]) == 0
-    codes = tmp_path / "codes.npz"
-    assert main(["encode", str(vae), "--split", "all", "--out", str(codes), "--device", "cpu"]) == 0
+    return vae
+
+
+def _encoded(vae, path, *flags):
+    assert main(["encode", str(vae), "--out", str(path), "--device", "cpu", *flags]) == 0
     run = pyro_vae.load_run(vae)
-    digits = load_data(run.config)
+    return run, load_data(run.config)
+
+
+def test_encode_round_trips_and_m2_keeps_the_splits(m1_run, tmp_path, capsys):
+    vae, codes = m1_run, tmp_path / "codes.npz"
+    run, digits = _encoded(vae, codes, "--split", "all")
     with np.load(codes) as f:
         arrays = {k: f[k] for k in f.files}
     assert arrays["sites"].tolist() == ["z"] and arrays["site_sizes"].tolist() == [3]
@@ -379,16 +389,11 @@ def test_command_line_errors(tmp_path, capsys, m2_run):
     assert not (tmp_path / "s.png").exists()
 
 
-def test_posterior_codes_are_drawn_afresh_for_training(tmp_path, capsys):
+def test_posterior_codes_are_drawn_afresh_for_training(m1_run, tmp_path, capsys):
     """``encode --what posterior`` writes each code's mean and sd; as a dataset, its training rows
     are new draws of N(mean, sd^2) every time, validation and test one fixed draw."""
-    vae = tmp_path / "m1"
-    assert main(["train", "--dataset", "digits", "--hidden", "16", "--latent-dim", "3", "--epochs", "1",
-                 "--out", str(vae), "--device", "cpu", "--quiet"]) == 0
     codes = tmp_path / "post.npz"
-    assert main(["encode", str(vae), "--what", "posterior", "--out", str(codes), "--device", "cpu"]) == 0
-    run = pyro_vae.load_run(vae)
-    digits = load_data(run.config)
+    run, digits = _encoded(m1_run, codes, "--what", "posterior")
     x_test = digits.observations("test")
     loc, scale = run.pair.guide.eval().loc_scale(x_test)
     with np.load(codes) as f:
