@@ -97,6 +97,14 @@ RESUMABLE = {"out", "epochs", "device", "distributed"}
 # Flags stored in RunConfig.guide_options, one per option the guide families declare
 # (`pyro-vae guides` says which family takes which).
 GUIDE_FLAGS = [_option_flag(name, option, entries) for name, (option, entries) in GUIDES.all_options().items()]
+# Flags stored in RunConfig.arch_options and RunConfig.likelihood_options, built the same way from
+# the options the architectures and likelihoods declare (the help names the entries taking each).
+ARCH_FLAGS = [_option_flag(name, option, entries) for name, (option, entries) in ARCHITECTURES.all_options().items()]
+LIKELIHOOD_FLAGS = [_option_flag(name, option, entries)
+                    for name, (option, entries) in LIKELIHOODS.all_options().items()]
+# (flags, RunConfig field of the options they fill)
+OPTION_FLAGS = ((GUIDE_FLAGS, "guide_options"), (ARCH_FLAGS, "arch_options"), (LIKELIHOOD_FLAGS, "likelihood_options"))
+ALL_OPTION_FLAGS = GUIDE_FLAGS + ARCH_FLAGS + LIKELIHOOD_FLAGS
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -111,7 +119,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
     train.add_argument("--distributed", action="store_true", default=None,
                        help="data-parallel over the processes of a torchrun job (see README, Scaling out)")
-    for flag, field, kwargs in TRAIN_FLAGS + GUIDE_FLAGS:
+    for flag, field, kwargs in TRAIN_FLAGS + ALL_OPTION_FLAGS:
         train.add_argument(flag, dest=field, default=None, **kwargs)
 
     evaluate = sub.add_parser("evaluate", help="test ELBO, importance-sampled NLL, active units")
@@ -145,7 +153,7 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("--images", type=int, default=4, help="test images in posteriors.png")
     compare.add_argument("--config", help="JSON file of RunConfig fields; flags override it")
     compare.add_argument("--quiet", action="store_true")
-    for flag, field, kwargs in TRAIN_FLAGS + GUIDE_FLAGS:
+    for flag, field, kwargs in TRAIN_FLAGS + ALL_OPTION_FLAGS:
         if field == "out":
             compare.add_argument("--out", default="runs/compare", help="output directory")
         elif field != "guide":
@@ -186,13 +194,16 @@ def _train_config(args, **defaults) -> RunConfig:
     # how a run is launched comes from the command line, not from a config file used as a template
     config = dataclasses.replace(config, distributed=False, world_size=1)
     given = {f: getattr(args, f, None) for _, f, _ in TRAIN_FLAGS if getattr(args, f, None) is not None}
-    options = {f: getattr(args, f) for _, f, _ in GUIDE_FLAGS if getattr(args, f) is not None}
-    if options:
-        given["guide_options"] = {**config.guide_options, **options}
+    option_flags = []  # the registry-declared option flags given, by their own names
+    for flags, options_field in OPTION_FLAGS:
+        options = {f: getattr(args, f) for _, f, _ in flags if getattr(args, f, None) is not None}
+        if options:
+            given[options_field] = {**getattr(config, options_field), **options}
+            option_flags += sorted(options)
     if getattr(args, "distributed", None):
         given["distributed"] = True
     if getattr(args, "resume", False):
-        extra = sorted(set(given) - RESUMABLE)
+        extra = sorted(set(given) - RESUMABLE - {field for _, field in OPTION_FLAGS}) + option_flags
         if extra:
             flags = ", ".join("--" + e.replace("_", "-") for e in extra)
             raise PyroVAEError("--resume continues a run with its saved config; only --out, --epochs, --device and "
@@ -241,6 +252,9 @@ def format_eval(result: dict) -> str:
         ("active units", f"{result['active_units']} / {result['latent_dim']}"
                          + _per_site(result.get("active_units_per_site", {}), "{}")),
     ]
+    if "nll_bits_per_dim" in result:
+        rows.append(("bits/dim", f"ELBO {result['elbo_bits_per_dim']:.4f} ± {result['elbo_bits_per_dim_se']:.4f}, "
+                                 f"NLL {result['nll_bits_per_dim']:.4f} ± {result['nll_bits_per_dim_se']:.4f}"))
     if "classification_error" in result:
         rows.append(("classification", f"{100 * result['classification_error']:.2f} % error (argmax q(y|x))"))
     return "\n".join(f"{k:<18} {v}" for k, v in rows)
@@ -266,6 +280,10 @@ def cmd_evaluate(args) -> int:
         from .semisupervised import classification_error
 
         result["classification_error"] = classification_error(checkpoint.pair.guide, x, data.labels(args.split, device))
+    if LIKELIHOODS[checkpoint.config.likelihood].meta.get("levels") == 256:  # 8-bit images: bits per dimension too
+        from .evaluate import bits_per_dim
+
+        result.update(bits_per_dim(result, data.obs_dim))
     result = {"run": str(args.run_dir), "split": args.split, "dataset": checkpoint.config.dataset,
               "model": checkpoint.config.model, "guide": checkpoint.config.guide, "epoch": checkpoint.train_state.epoch, **result}
     name = "eval.json" if args.split == "test" else f"eval-{args.split}.json"

@@ -31,6 +31,8 @@ class RunConfig:
     download: bool = False
     binarize: str | None = None
     likelihood: str | None = None
+    # the likelihood's declared options (``pyro-vae train --help`` lists them)
+    likelihood_options: dict = field(default_factory=dict)
     model: str = "vae"
     classes: int | None = None
     # semi-supervised models: labelled training images (None: all), the weight alpha of the
@@ -39,6 +41,8 @@ class RunConfig:
     alpha: float | None = None
     labelled_share: float = 0.25
     arch: str = "mlp"
+    # the architecture's declared options (--arch resnet: channels, blocks, downsample), positive integers
+    arch_options: dict = field(default_factory=dict)
     hidden: list[int] = field(default_factory=lambda: [256, 256])
     activation: str = "relu"
     latent_dim: int | list[int] = 8
@@ -88,6 +92,13 @@ class RunConfig:
                     not isinstance(h, int) or isinstance(h, bool) or h <= 0 for h in self.layer_hidden):
                 raise PyroVAEError(f"--layer-hidden must be a comma-separated list of positive integers, got "
                                    f"{self.layer_hidden!r}")
+        for name in ("arch_options", "likelihood_options"):
+            options = getattr(self, name)
+            if not isinstance(options, dict) or any(not isinstance(k, str) for k in options):
+                raise PyroVAEError(f"{name} must be a mapping of option names to values, got {options!r}")
+        for key, value in self.arch_options.items():
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise PyroVAEError(f"--{key.replace('_', '-')} must be a positive integer, got {value!r}")
         if not isinstance(self.batch_norm, bool):
             raise PyroVAEError(f"batch_norm must be true or false, got {self.batch_norm!r}")
         if self.batch_norm and self.distributed:

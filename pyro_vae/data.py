@@ -5,7 +5,8 @@ to [0, 1] (255 for 8-bit images); one place, :func:`load`, then applies the bina
 checks what the likelihood needs, so every dataset is validated the same way. Observations keep
 their shape, (N, C, H, W) for images, and 8-bit or binary sources stay uint8 in memory: they are
 converted to floats per batch, on the device the batch goes to, so a dataset larger than the
-GPU's memory trains.
+GPU's memory trains. CIFAR-10 and SVHN are read, and the 8-bit data of discretized likelihoods
+checked, in :mod:`pyro_vae.datasets_images`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import datasets_images as images
 from .errors import PyroVAEError
 from .registry import Registry
 
@@ -38,6 +40,7 @@ class Raw:
     obs_shape: tuple
     scale: float = 1.0
     sd: dict | None = None  # per-row standard deviations of x: rows that are distributions (see Data)
+    levels: int | None = None  # distinct values the source stores (256: 8-bit); None: a user's file
 
 
 @dataclass
@@ -149,7 +152,7 @@ def _load_digits(data_dir: Path, download: bool) -> Raw:
     bunch = load_digits()
     x = bunch.images.astype(np.uint8)[:, None]  # grey levels 0..16
     xs, ys = _split_fixed(x, bunch.target.astype(np.int64), fractions=(0.7, 0.1, 0.2))
-    return Raw(xs, ys, (1, 8, 8), scale=16.0)
+    return Raw(xs, ys, (1, 8, 8), scale=16.0, levels=17)
 
 
 def _load_mnist(data_dir: Path, download: bool) -> Raw:
@@ -178,7 +181,7 @@ def _load_mnist(data_dir: Path, download: bool) -> Raw:
     # The last 10,000 training images are the validation set, as in the papers we compare to.
     xs = {"train": x_train[:50000], "valid": x_train[50000:], "test": test.data.numpy()[:, None]}
     ys = {"train": y_train[:50000], "valid": y_train[50000:], "test": test.targets.numpy().astype(np.int64)}
-    return Raw(xs, ys, (1, 28, 28), scale=255.0)
+    return Raw(xs, ys, (1, 28, 28), scale=255.0, levels=256)
 
 
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -196,7 +199,7 @@ def _load_binarized_mnist(data_dir: Path, download: bool) -> Raw:
     path = _require_file(data_dir / "binarized_mnist" / "binarized_mnist.npz", "binarized-mnist", download)
     with np.load(path) as d:
         xs = {s: np.unpackbits(d[s], axis=1, count=784).reshape(-1, 1, 28, 28) for s in SPLITS}
-    return Raw(xs, {s: None for s in SPLITS}, (1, 28, 28))
+    return Raw(xs, {s: None for s in SPLITS}, (1, 28, 28), levels=2)
 
 
 def _load_frey(data_dir: Path, download: bool) -> Raw:
@@ -204,12 +207,40 @@ def _load_frey(data_dir: Path, download: bool) -> Raw:
     with np.load(path) as d:
         x = d["ff"].T.reshape(-1, 1, 28, 20)
     xs, ys = _split_fixed(x, None)
-    return Raw(xs, ys, (1, 28, 20), scale=255.0)
+    return Raw(xs, ys, (1, 28, 20), scale=255.0, levels=256)
+
+
+VALID_LAST = 5000
+
+
+def _split_last(x: np.ndarray, y: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, name: str) -> Raw:
+    """8-bit colour images whose training set's last ``VALID_LAST`` images are the validation set
+    (the last tenth of a training set under 50,000 images, a subset or a test's small file)."""
+    n_valid = min(VALID_LAST, x.shape[0] // 10)
+    if n_valid < 1:
+        raise PyroVAEError(f"{name} has {x.shape[0]} training images: too few to hold out a validation split")
+    xs = {"train": x[:-n_valid], "valid": x[-n_valid:], "test": x_test}
+    ys = {"train": y[:-n_valid], "valid": y[-n_valid:], "test": y_test}
+    return Raw(xs, ys, (3, images.IMAGE_SIDE, images.IMAGE_SIDE), scale=255.0, levels=256)
+
+
+def _load_cifar10(data_dir: Path, download: bool) -> Raw:
+    return _split_last(*images.read_cifar10(data_dir, download), "cifar10")
+
+
+def _load_svhn(data_dir: Path, download: bool) -> Raw:
+    found = images.read_svhn(data_dir, download)
+    return _split_last(*found["train"], *found["test"], "svhn")
 
 
 def load_array_file(path: Path) -> Raw:
     """A user's ``.npy`` (the array x) or ``.npz`` (array ``x``, optional labels ``y``, optional
-    ``split``: "train", "valid" or "test" per row; without it a fixed random 80/10/10 split)."""
+    ``split``: "train", "valid" or "test" per row; without it a fixed random 80/10/10 split).
+
+    ``x`` is (N, D) vectors, (N, H, W) grey images or 4-d images, returned as (N, C, H, W). A 4-d
+    uint8 ``x`` is channels-last (N, H, W, C) when its last axis has 1, 3 or 4 entries and its
+    second has not (so (N, 32, 32, 3) is RGB and (N, 3, 32, 32) stays as it is); a 4-d float ``x``
+    is always (N, C, H, W)."""
     if not path.is_file():
         raise PyroVAEError(f"data file not found: {path}")
     try:
@@ -235,8 +266,13 @@ def load_array_file(path: Path) -> Raw:
                                                        and (y == np.round(y)).all())):
             raise PyroVAEError(f"'y' in {path} must hold integer labels, got dtype {y.dtype}"
                                + ("" if not np.issubdtype(y.dtype, np.floating) else " with non-integer values"))
-    obs_shape = tuple(x.shape[1:]) if x.ndim != 3 else (1,) + tuple(x.shape[1:])
-    x = x.reshape((x.shape[0],) + obs_shape)
+    last = images.channels_last(x)
+
+    def shaped(a):  # x or x_sd as (N, D) or (N, C, H, W)
+        return a[:, None] if a.ndim == 3 else a.transpose(0, 3, 1, 2) if last else a
+
+    x = shaped(x)
+    obs_shape = tuple(x.shape[1:])
     # 8-bit arrays stay 8-bit in memory; values are used as stored
     x = x if x.dtype == np.uint8 else x.astype(np.float32)
     y = None if y is None else y.astype(np.int64)
@@ -246,7 +282,7 @@ def load_array_file(path: Path) -> Raw:
                 or (sd < 0).any():
             raise PyroVAEError(f"'x_sd' in {path} must be finite non-negative standard deviations of the shape of 'x' "
                                f"{arrays['x'].shape}, got shape {sd.shape} of dtype {sd.dtype}")
-        sd = sd.reshape(x.shape).astype(np.float32)
+        sd = shaped(sd).astype(np.float32)
     split = arrays.get("split")
 
     def split_rows(values):  # (x, values) per split: the file's own splits, or the fixed random ones
@@ -281,6 +317,10 @@ DATASETS.add("binarized-mnist", _load_binarized_mnist,
              binarize="none")
 DATASETS.add("frey", _load_frey, "Frey faces 28x20 grey levels (DATA_DIR/FreyFaces)", likelihood="gaussian",
              binarize="none")
+DATASETS.add("cifar10", _load_cifar10, "CIFAR-10 32x32 RGB, torchvision layout under DATA_DIR/cifar-10-batches-py",
+             likelihood="dlogistic", binarize="none")
+DATASETS.add("svhn", _load_svhn, "SVHN 32x32 RGB digits, torchvision's train/test_32x32.mat under DATA_DIR/svhn",
+             likelihood="dlogistic", binarize="none")
 
 
 def _is_file_name(name: str) -> bool:
@@ -317,18 +357,24 @@ def load(name: str, data_dir: str | Path | None = None, download: bool = False,
     """Load a registered dataset or a user's array file and check it against the likelihood.
 
     With ``binarize="dynamic"`` only the training split is resampled per batch; validation and
-    test use one fixed binarization so bounds are comparable across runs.
+    test use one fixed binarization so bounds are comparable across runs. Binarization assumes one
+    grey level per pixel: colour data (C > 1) is refused. A likelihood over 256 levels (registry
+    meta ``levels=256``: dlogistic, dmol, categorical) needs 8-bit data, uint8 or integer-valued
+    floats 0..255, without binarization or posterior rows; it sees them divided by 255.
     """
     check_name(name)
     data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
     raw = DATASETS[name].build(data_dir, download) if name in DATASETS else load_array_file(Path(name))
     likelihood, binarize = resolve_defaults(name, likelihood, binarize, raw)
+    levels = images.check_setup(name, likelihood, binarize, tuple(raw.obs_shape), raw.levels, raw.sd is not None)
     xs, scales = {}, {}
     for split in SPLITS:
         x, scale = raw.x[split], raw.scale
         if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
             raise PyroVAEError(f"the {split} split of {name} contains NaN or Inf values")
-        if binarize != "none":
+        if levels is not None:
+            x, scale = images.discrete_values(x, scale, levels, name, split, likelihood)
+        elif binarize != "none":
             if likelihood != "bernoulli":
                 raise PyroVAEError(f"--binarize {binarize} needs --likelihood bernoulli (got {likelihood})")
             if x.min() < 0 or x.max() > scale:

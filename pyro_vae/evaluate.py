@@ -181,6 +181,14 @@ def active_units(guide, x: torch.Tensor, batch_size: int = 500, y=None) -> tuple
     return sum(n for n, _ in per_site.values()), torch.cat([v for _, v in per_site.values()])
 
 
+def bits_per_dim(result: dict, dims: int) -> dict:
+    """The bounds of an ``evaluate`` result in bits per dimension, as the field reports 8-bit
+    images: nats / (D ln 2) of the negative ELBO and of the NLL, with their standard errors."""
+    per = 1.0 / (dims * math.log(2))
+    return {"elbo_bits_per_dim": -result["elbo"] * per, "elbo_bits_per_dim_se": result["elbo_se"] * per,
+            "nll_bits_per_dim": result["nll"] * per, "nll_bits_per_dim_se": result["nll_se"] * per}
+
+
 @torch.no_grad()
 def evaluate(model, guide, x: torch.Tensor, y=None, iw_samples: int = 5000, batch_size: int = 100,
              max_elements: int = 2**23) -> dict:

@@ -193,7 +193,7 @@ def build(config, obs_shape, likelihood, make_guide, make_prior):
     act = nets.activation(config.activation)
     encoder, features, decoder = nets.build(config.arch, obs_shape, dims[0], config.hidden, config.activation,
                                             likelihood.out_channels(nets.channels(obs_shape)),
-                                            batch_norm=config.batch_norm)
+                                            batch_norm=config.batch_norm, **config.arch_options)
     conditionals = nn.ModuleList(GaussianLayer(dims[i + 1], dims[i], hidden, act, config.batch_norm)
                                  for i in range(len(dims) - 1))
     parts = {"dims": dims, "layer_hidden": hidden, "act": act, "encoder": encoder, "features": features,

@@ -142,7 +142,7 @@ def _build_vae(config, obs_shape, likelihood, make_guide, make_prior):
     latent = _one_layer(config, "vae")
     encoder, features, decoder = nets.build(config.arch, obs_shape, latent, config.hidden, config.activation,
                                             likelihood.out_channels(nets.channels(obs_shape)),
-                                            batch_norm=config.batch_norm)
+                                            batch_norm=config.batch_norm, **config.arch_options)
     guide = make_guide(encoder, features, latent)
     return VAE(decoder, likelihood, make_prior(guide, latent), latent), guide
 
@@ -155,7 +155,7 @@ def labelled_decoder_and_guide(config, obs_shape, likelihood, make_guide, model:
     latent = _one_layer(config, model)
     encoder, features, decoder = nets.build(config.arch, obs_shape, latent + config.classes, config.hidden,
                                             config.activation, likelihood.out_channels(nets.channels(obs_shape)),
-                                            batch_norm=config.batch_norm)
+                                            batch_norm=config.batch_norm, **config.arch_options)
     return latent, decoder, make_guide(WithLabel(encoder, config.classes), features + config.classes, latent)
 
 

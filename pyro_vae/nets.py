@@ -7,6 +7,9 @@ into posterior parameters, so flows can be conditioned on the same h(x). A decod
 for C channels), laid out as an image of ``out_channels`` channels, (out_channels, H, W) flattened
 (flat observations (D,) count as D locations of one channel), which the likelihood shapes. Both accept any number of
 leading batch dimensions (vectorized particles add one).
+
+An architecture may declare options (``resnet``: ``channels``, ``blocks``, ``downsample``), kept in
+``RunConfig.arch_options`` and passed to its builder by :func:`build`; every one is a positive integer.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import math
 
 import torch
 from torch import nn
+from torch.nn.utils.parametrizations import weight_norm
 
 from .errors import PyroVAEError
 from .registry import Registry
@@ -134,14 +138,136 @@ def build_conv(obs_shape: tuple, latent_dim: int, hidden: list[int], act_name: s
     return encoder, width, decoder
 
 
+class ScaleInput(nn.Module):
+    """The fixed input scaling of the residual encoder: pixels in [0, 1] mapped to [-1, 1], so the
+    first convolution sees inputs centred on zero whatever the dataset's grey level."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 2 * x - 1
+
+
+def _wn(conv: nn.Module) -> nn.Module:
+    # Weight normalization (Salimans & Kingma 2016, arXiv:1602.07868): w = g v / |v| per output
+    # channel. It decouples each filter's scale from its direction, which keeps a deep stack of
+    # residual convolutions well conditioned and trains faster, like batch normalization, but with
+    # no batch statistics: an image's features never depend on the other images of the batch or on
+    # the vectorized particles pooled with it, training and evaluation compute the same function,
+    # and data-parallel ranks have no running statistics to keep in agreement. The dense layers
+    # are left plain: one each, they are not where the depth is.
+    return weight_norm(conv)
+
+
+class ResidualBlock(nn.Module):
+    """x + conv(act(conv(act(x)))): two weight-normalized 3x3 convolutions of ``channels`` channels
+    on the pre-activation residual path (He et al. 2016, arXiv:1603.05027)."""
+
+    def __init__(self, channels: int, act: type[nn.Module]):
+        super().__init__()
+        self.branch = nn.Sequential(act(), _wn(nn.Conv2d(channels, channels, 3, padding=1)),
+                                    act(), _wn(nn.Conv2d(channels, channels, 3, padding=1)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.branch(x)
+
+
+def build_resnet(obs_shape: tuple, latent_dim: int, hidden: list[int], act_name: str, out_channels: int,
+                 batch_norm: bool = False, channels: int = 64, blocks: int = 2, downsample: int = 2):
+    """Returns (encoder trunk, features, decoder) of the residual architecture.
+
+    Encoder: the input scaled to [-1, 1], a 3x3 convolution to ``channels`` channels, then at each of
+    ``downsample + 1`` resolutions ``blocks`` residual blocks (:class:`ResidualBlock`), a stride-2
+    3x3 convolution between resolutions (to ceil(H / 2) x ceil(W / 2), so odd sizes such as Frey's
+    28x20 -> 14x10 -> 7x5 lose no pixel), and a dense layer of ``hidden[-1]`` features. The decoder
+    mirrors it: dense layers to the coarsest grid, residual blocks, nearest-neighbour upsampling by 2
+    and a 3x3 convolution between resolutions, cropped back to H x W after the last, and a 3x3
+    convolution to ``out_channels`` per pixel. The width stays ``channels`` at every resolution.
+    """
+    if batch_norm:
+        raise PyroVAEError("--batch-norm applies to --arch mlp (and the layers between latent layers), not resnet; "
+                           "its convolutions are weight-normalized")
+    side = 2 ** downsample
+    if len(obs_shape) != 3 or min(obs_shape[1:]) < side:
+        raise PyroVAEError(f"--arch resnet needs images (C, H, W) of at least {side}x{side} pixels (2 ** --downsample "
+                           f"{downsample}); the data has shape {tuple(obs_shape)}")
+    c, h, w = obs_shape
+    act = activation(act_name)
+    width = hidden[-1]
+    h0, w0 = math.ceil(h / side), math.ceil(w / side)
+
+    def stage() -> list[nn.Module]:
+        return [ResidualBlock(channels, act) for _ in range(blocks)]
+
+    enc: list[nn.Module] = [ScaleInput(), _wn(nn.Conv2d(c, channels, 3, padding=1))]
+    for s in range(downsample + 1):
+        enc += stage()
+        if s < downsample:
+            enc.append(_wn(nn.Conv2d(channels, channels, 3, stride=2, padding=1)))
+    enc += [act(), nn.Flatten(), nn.Linear(channels * h0 * w0, width), act()]
+    encoder = _Flat(nn.Sequential(*enc), obs_shape, width)
+
+    dec: list[nn.Module] = [nn.Linear(latent_dim, width), act(), nn.Linear(width, channels * h0 * w0),
+                            nn.Unflatten(1, (channels, h0, w0))]
+    for s in range(downsample + 1):
+        dec += stage()
+        if s < downsample:
+            dec += [nn.Upsample(scale_factor=2, mode="nearest"), _wn(nn.Conv2d(channels, channels, 3, padding=1))]
+            if s == downsample - 1:
+                dec.append(_Crop(h, w))
+    dec += [act(), _wn(nn.Conv2d(channels, out_channels, 3, padding=1))]
+    decoder = _Flat(nn.Sequential(*dec), (latent_dim,), out_channels * h * w)
+    return encoder, width, decoder
+
+
 ARCHITECTURES = Registry("architecture")
 ARCHITECTURES.add("mlp", build_mlp, "fully connected layers of --hidden units (the observation flattened)")
 ARCHITECTURES.add("conv", build_conv, "two stride-2 convolutions (32, 64 channels) and a dense layer; images only")
+ARCHITECTURES.add("resnet", build_resnet, "weight-normalized residual convolutions at --downsample + 1 resolutions "
+                  "and a dense layer; images only",
+                  {"channels": "resnet: convolution channels at every resolution",
+                   "blocks": "resnet: residual blocks per resolution",
+                   "downsample": "resnet: stride-2 stages (images need at least 2 ** downsample pixels a side)"},
+                  reference="He et al. 2016, arXiv:1603.05027; Salimans & Kingma 2016, arXiv:1602.07868")
+
+
+def _positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def check_declared(registry: Registry, flag: str, name: str, options: dict) -> dict:
+    """``registry.check_options``, with an option that ``name`` does not declare reported as the
+    flag it is and the entries that do take it: ``--channels applies to --arch resnet, not --arch mlp``."""
+    entry = registry[name]
+    if not isinstance(options, dict):
+        raise PyroVAEError(f"options of {registry.kind} {name!r} must be a mapping of names to values, got {options!r}")
+    everywhere = registry.all_options()
+    for key in options:
+        if key in entry.declared:
+            continue
+        option_flag = "--" + str(key).replace("_", "-")
+        if key in everywhere:
+            takers = ", ".join(everywhere[key][1])
+            raise PyroVAEError(f"{option_flag} applies to {flag} {takers}, not {flag} {name}")
+        own = ", ".join(entry.declared)
+        raise PyroVAEError(f"no {registry.kind} takes option {key!r}; {flag} {name} "
+                           + (f"takes {own}" if own else "takes no options"))
+    return registry.check_options(name, options)
+
+
+def check_options(arch: str, options: dict) -> dict:
+    """The options of ``arch``, its defaults filled in; an option it does not declare, or a value
+    that is not a positive integer, is a :class:`PyroVAEError`."""
+    options = check_declared(ARCHITECTURES, "--arch", arch, options)
+    for key, value in options.items():
+        if not _positive_int(value):
+            raise PyroVAEError(f"--{key.replace('_', '-')} must be a positive integer, got {value!r}")
+    return options
 
 
 def build(arch: str, obs_shape: tuple, latent_dim: int, hidden: list[int], act_name: str, out_channels: int,
-          batch_norm: bool = False):
+          batch_norm: bool = False, **options):
     """Look up ``arch`` in :data:`ARCHITECTURES` and build (encoder, features, decoder); the decoder
-    gives ``out_channels`` numbers per pixel location."""
+    gives ``out_channels`` numbers per pixel location. ``options`` are the architecture's declared
+    options (``resnet``: channels, blocks, downsample); ``mlp`` and ``conv`` take none."""
+    options = check_options(arch, options)
     return ARCHITECTURES[arch].build(tuple(obs_shape), latent_dim, hidden, act_name, out_channels,
-                                     batch_norm=batch_norm)
+                                     batch_norm=batch_norm, **options)

@@ -28,14 +28,28 @@ def is_image(obs_shape: tuple) -> bool:
     return len(obs_shape) == 3
 
 
-def image_grid(images: torch.Tensor, obs_shape: tuple, path: Path, nrow: int = 8, title: str | None = None) -> Path:
-    """Save images (n, *obs_shape), or flattened ones (n, D), as one grid PNG."""
-    grid = make_grid(images.detach().float().cpu().clamp(0, 1).reshape((-1,) + tuple(obs_shape)), nrow=nrow,
+def grid_of(images: torch.Tensor, obs_shape: tuple, nrow: int) -> torch.Tensor:
+    """torchvision's grid (3, H', W') of images (n, *obs_shape) or flattened ones (n, D) in [0, 1]."""
+    return make_grid(images.detach().float().cpu().clamp(0, 1).reshape((-1,) + tuple(obs_shape)), nrow=nrow,
                      padding=1, pad_value=1.0)
+
+
+def show_grid(ax, grid: torch.Tensor, obs_shape: tuple) -> None:
+    """Draw a grid of ``grid_of``: in colour for 3-channel images, in grey levels otherwise."""
+    if obs_shape[0] == 3:
+        ax.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
+    else:  # make_grid repeats a single channel three times
+        ax.imshow(grid[0], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+
+
+def image_grid(images: torch.Tensor, obs_shape: tuple, path: Path, nrow: int = 8, title: str | None = None) -> Path:
+    """Save images (n, *obs_shape), or flattened ones (n, D), as one grid PNG, colour images in
+    colour."""
+    grid = grid_of(images, obs_shape, nrow)
     height, width = grid.shape[1:]
     inches = 6.0 / max(height, width)
     fig, ax = plt.subplots(figsize=(width * inches, height * inches))
-    ax.imshow(grid[0], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    show_grid(ax, grid, tuple(obs_shape))
     ax.axis("off")
     if title:
         ax.set_title(title)
@@ -149,9 +163,7 @@ def interpolations(pairs: dict, xa: torch.Tensor, xb: torch.Tensor, obs_shape: t
     for ax, name in zip(axes[:, 0], names):
         za, zb = posterior_mean(pairs[name].guide, xa), posterior_mean(pairs[name].guide, xb)
         images = pairs[name].model.decode_mean((1 - t) * za + t * zb)
-        grid = make_grid(images.float().cpu().clamp(0, 1).reshape((-1,) + tuple(obs_shape)), nrow=steps, padding=1,
-                         pad_value=1.0)
-        ax.imshow(grid[0], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        show_grid(ax, grid_of(images, obs_shape, steps), tuple(obs_shape))
         ax.set_xticks([])
         ax.set_yticks([])
         ax.set_ylabel(name, rotation=0, ha="right", va="center")

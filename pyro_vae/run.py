@@ -40,6 +40,8 @@ def check_names(config: RunConfig) -> None:
     """Every registry name in ``config`` exists; raises before any data is read or file written."""
     data_mod.check_name(config.dataset)
     guides.check_options(config.guide, config.guide_options)
+    nets.check_options(config.arch, config.arch_options)
+    check_likelihood_options(config.likelihood, config.likelihood_options)
     for registry, name in ((objectives.OBJECTIVES, config.objective), (likelihoods.LIKELIHOODS, config.likelihood)):
         if name is not None:  # None: resolved when training starts
             registry.check(name)
@@ -47,6 +49,21 @@ def check_names(config: RunConfig) -> None:
                            (nets.ARCHITECTURES, config.arch), (nets.ACTIVATIONS, config.activation),
                            (hierarchical.INFERENCE, config.inference)):
         registry.check(name)
+
+
+def check_likelihood_options(name: str | None, options: dict) -> None:
+    """``options`` are declared by the likelihood ``name``; with ``name`` None (the dataset's default,
+    resolved when training starts), by some likelihood, and checked against the resolved one in
+    :func:`build`."""
+    registry = likelihoods.LIKELIHOODS
+    if name is not None:
+        nets.check_declared(registry, "--likelihood", name, options)
+        return
+    everywhere = registry.all_options()
+    for key in options:
+        if key not in everywhere:
+            raise PyroVAEError(f"no likelihood takes option {key!r}"
+                               + (f"; their options: {', '.join(everywhere)}" if everywhere else ""))
 
 
 class Pair(nn.Module):
@@ -59,7 +76,11 @@ class Pair(nn.Module):
 
 def build(config: RunConfig, obs_shape: tuple) -> Pair:
     """Model and guide for ``config`` (likelihood resolved) and data of shape ``obs_shape``."""
-    likelihood = likelihoods.build(config.likelihood, obs_shape, config.min_scale)
+    options = config.likelihood_options
+    check_likelihood_options(config.likelihood, options)
+    # only options that were given: a likelihood's defaults are its builder's own
+    likelihood = (likelihoods.build(config.likelihood, obs_shape, config.min_scale, **options) if options
+                  else likelihoods.build(config.likelihood, obs_shape, config.min_scale))
 
     def make_guide(encoder: nn.Module, features: int, latent_dim: int) -> nn.Module:
         return guides.build(config.guide, encoder, features, latent_dim, **config.guide_options)

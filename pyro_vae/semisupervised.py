@@ -94,7 +94,7 @@ def build(config, obs_shape, likelihood, make_guide, make_prior):
     by reconstruction."""
     latent, decoder, z_guide = labelled_decoder_and_guide(config, obs_shape, likelihood, make_guide, "m2")
     trunk, trunk_features, _ = nets.build(config.arch, obs_shape, 1, config.hidden, config.activation, 1,
-                                          batch_norm=config.batch_norm)
+                                          batch_norm=config.batch_norm, **config.arch_options)
     classifier = nn.Sequential(trunk, nn.Linear(trunk_features, config.classes))
     model = M2(decoder, likelihood, make_prior(z_guide, latent), latent, config.classes)
     return model, M2Guide(classifier, z_guide, config.classes)
