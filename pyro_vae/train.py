@@ -29,7 +29,10 @@ from .config import RunConfig
 from .errors import PyroVAEError, TrainingDiverged
 from .evaluate import per_datapoint
 from .io import write_text_atomic
+from .guides import GUIDES
+from .likelihoods import LIKELIHOODS
 from .models import MODELS
+from .nets import ARCHITECTURES
 from .run import BEST, LAST, TrainState, build, check_names, get_rng_state, load_checkpoint, load_data, \
     make_optimizer, save_checkpoint, set_rng_state
 
@@ -147,6 +150,11 @@ def _train(config: RunConfig, run_dir: Path, checkpoint, ctx: distributed.Single
     labels = spec.conditional
     config.likelihood, config.binarize = data.likelihood, data.binarize
     config.classes = data.classes() if spec.labels else None
+    # the options a run is built with, defaults included, so that a later change of a default never
+    # rebuilds an old checkpoint differently
+    for registry, name, field in ((GUIDES, config.guide, "guide_options"), (ARCHITECTURES, config.arch, "arch_options"),
+                                  (LIKELIHOODS, config.likelihood, "likelihood_options")):
+        setattr(config, field, {**registry[name].options(), **getattr(config, field)})
     plan = None
     if spec.semi_supervised:
         plan = semisupervised.TrainingPlan.make(config, data.y["train"])

@@ -57,7 +57,7 @@ def test_compare_writes_table_and_figures(compared):
     # only the flow guide carries the flow option
     iaf_config = json.loads((compared / "runs" / "iaf" / "config.json").read_text())
     diag_config = json.loads((compared / "runs" / "diag" / "config.json").read_text())
-    assert iaf_config["guide_options"] == {"flows": 2, "flow_hidden": [16]}
+    assert iaf_config["guide_options"] == {"flows": 2, "flow_hidden": [16], "stable": False}  # defaults recorded
     assert diag_config["guide_options"] == {}
     md = (compared / "compare.md").read_text()
     assert "| diag |" in md and "| iaf |" in md and "K = 300" in md
