@@ -10,6 +10,11 @@ WORK: ``runs/bench/<tier>``) and is evaluated with ``pyro_vae.evaluate.evaluate`
 skipped unless ``--force``, so an interrupted tier resumes (an interrupted training continues from
 its last epoch). ``RESULTS/<tier>-<device>.md`` is regenerated from all those lines, the latest per
 cell, with the published figure of the same setting where ``nll_table.ANCHORS`` has one.
+
+Cells whose likelihood scores the 256 levels of 8-bit pixels (registry meta ``levels=256``:
+``categorical``, ``dmol``, ``dlogistic``) also record both bounds in bits per dimension, exactly
+nats / (D ln 2) (``pyro_vae.evaluate.bits_per_dim``). A cell whose data cannot be on every machine
+(``NEEDS``: CIFAR-10) is skipped with its reason where the files are absent, and stays declared.
 """
 
 from __future__ import annotations
@@ -23,17 +28,20 @@ import resource
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyro
 import torch
 
+from pyro_vae import datasets_images
 from pyro_vae.config import RunConfig
 from pyro_vae.errors import PyroVAEError
-from pyro_vae.evaluate import evaluate
+from pyro_vae.evaluate import bits_per_dim, evaluate
 from pyro_vae.io import write_text_atomic
+from pyro_vae.likelihoods import LIKELIHOODS
 from pyro_vae.models import MODELS
+from pyro_vae.nets import ARCHITECTURES
 from pyro_vae.run import BEST, LAST, load_data, load_run, resolve_device
 from pyro_vae.train import fit
 
@@ -50,7 +58,9 @@ class Cell:
 
     ``latent_dim`` is an int for one stochastic layer, or a tuple of sizes for several (the one
     nearest x first), whose inter-layer MLPs ``layer_hidden`` sizes; ``inference`` and
-    ``batch_norm`` are those of ``RunConfig``.
+    ``batch_norm`` are those of ``RunConfig``. ``likelihood_options`` and ``arch_options`` are
+    ``RunConfig``'s too: a cell names every option its likelihood and architecture declare (dmol's
+    mixtures; resnet's channels, blocks, downsample), so that its id says what it trains.
     """
 
     dataset: str
@@ -76,6 +86,8 @@ class Cell:
     layer_hidden: tuple | None = None  # between latent layers; named for every hierarchical cell
     inference: str = "bottom-up"
     batch_norm: bool = False
+    likelihood_options: dict = field(default_factory=dict)
+    arch_options: dict = field(default_factory=dict)
 
     def __post_init__(self):
         # a hierarchical cell names its inter-layer widths, so that its id says what it trains
@@ -84,6 +96,18 @@ class Cell:
         if several != (self.layer_hidden is not None):
             raise ValueError(f"layer_hidden goes with a tuple of two or more latent sizes: latent_dim "
                              f"{self.latent_dim!r}, layer_hidden {self.layer_hidden!r}")
+        # every declared option named, none other: a change of a default cannot change a cell
+        for what, registry, name, options in (("likelihood", LIKELIHOODS, self.likelihood, self.likelihood_options),
+                                              ("arch", ARCHITECTURES, self.arch, self.arch_options)):
+            declared = list(registry[name].options())
+            if sorted(options) != sorted(declared):
+                raise ValueError(f"{what} {name!r} declares the options {declared}; the cell names "
+                                 f"{sorted(options)}: name each of them")
+
+    @property
+    def levels(self) -> int | None:
+        """Values per pixel the likelihood scores (256: 8-bit, reported in bits/dim; 2; None: a density)."""
+        return LIKELIHOODS[self.likelihood].meta.get("levels")
 
     @property
     def latent_dims(self) -> tuple:
@@ -91,11 +115,17 @@ class Cell:
 
     @property
     def id(self) -> str:
-        """``data.network.guide[K flows][.ladder].objective[k]``; the network reads
-        ``arch<hidden>[-act]-z<sizes>[-lh<layer_hidden>][-bn]``, the latent sizes nearest x first."""
+        """``data.network.guide[K flows][.ladder].objective[k]``; the data read
+        ``dataset[-binarize][-<8-bit likelihood><its option values>]`` (``frey-categorical``,
+        ``mnist-dmol3``); the network ``arch<hidden>[-c<channels>-b<blocks>-d<downsample>][-act]-z<sizes>
+        [-lh<layer_hidden>][-bn]``, the latent sizes nearest x first."""
         data = self.dataset + ("" if self.binarize == "none" else f"-{self.binarize}")
+        if self.levels == 256:  # the likelihoods of Bernoulli and Gaussian cells stay implicit, as before
+            declared = LIKELIHOODS[self.likelihood].options()
+            data += f"-{self.likelihood}" + "".join(str(self.likelihood_options[k]) for k in declared)
         act = "" if self.activation == "relu" else f"-{self.activation}"
-        net = f"{self.arch}{'-'.join(map(str, self.hidden))}{act}-z{'-'.join(map(str, self.latent_dims))}"
+        arch = "".join(f"-{ARCH_TAGS.get(k, k)}{self.arch_options[k]}" for k in ARCHITECTURES[self.arch].options())
+        net = f"{self.arch}{'-'.join(map(str, self.hidden))}{arch}{act}-z{'-'.join(map(str, self.latent_dims))}"
         if self.layer_hidden is not None:
             net += f"-lh{'-'.join(map(str, self.layer_hidden))}"
         if self.batch_norm:
@@ -113,7 +143,9 @@ class Cell:
             options["flow_hidden"] = list(self.flow_hidden)
         dims = self.latent_dims
         return RunConfig(dataset=self.dataset, data_dir=None if data_dir is None else str(data_dir),
-                         binarize=self.binarize, likelihood=self.likelihood, arch=self.arch, hidden=list(self.hidden),
+                         binarize=self.binarize, likelihood=self.likelihood,
+                         likelihood_options=dict(self.likelihood_options), arch=self.arch,
+                         arch_options=dict(self.arch_options), hidden=list(self.hidden),
                          activation=self.activation, latent_dim=dims[0] if len(dims) == 1 else list(dims),
                          layer_hidden=None if self.layer_hidden is None else list(self.layer_hidden),
                          inference=self.inference, batch_norm=self.batch_norm, guide=self.guide,
@@ -124,12 +156,34 @@ class Cell:
 
 # --- the grid: small tables, combined into TIERS below ---------------------------------------------
 
-DATA = {  # key: (dataset, binarize, likelihood)
+DATA = {  # key: (dataset, binarize, likelihood[, likelihood options])
     "digits": ("digits", "dynamic", "bernoulli"),
     "static": ("binarized-mnist", "none", "bernoulli"),  # Larochelle-Murray, fixed binarization
     "dynamic": ("mnist", "dynamic", "bernoulli"),
     "frey": ("frey", "none", "gaussian"),
+    # 8-bit pixels, scored by the probabilities of their 256 levels (bits/dim exact)
+    "frey-categorical": ("frey", "none", "categorical"),  # van den Berg et al. 2018's likelihood
+    "frey-dmol": ("frey", "none", "dmol", {"mixtures": 5}),
+    "mnist-dmol": ("mnist", "none", "dmol", {"mixtures": 3}),
+    "cifar10": ("cifar10", "none", "dlogistic"),  # Kingma et al. 2016's discretized logistic
 }
+# the architecture options in cell ids: resnet128-c64-b2-d2 = channels 64, blocks 2, downsample 2
+ARCH_TAGS = {"channels": "c", "blocks": "b", "downsample": "d"}
+
+
+def _cifar10_absent(root: Path) -> list[Path]:
+    _, train, test = datasets_images.cifar10_paths(root)
+    return [p for p in train + [test] if not p.is_file()]
+
+
+# Datasets that are not on every machine: a cell of one is skipped, with the reason, where its files
+# are absent (it stays declared, and the markdown names what it needs). dataset -> (what the
+# machine needs, a function of the data folder giving the missing files).
+NEEDS = {
+    "cifar10": ("CIFAR-10 in torchvision's layout (DATA_DIR/cifar-10-batches-py/) and a GPU", _cifar10_absent),
+}
+
+
 @dataclass(frozen=True)
 class Net:
     """A network of the grid; decoders mirror the encoder. ``latent_dim``: an int, or a tuple of
@@ -143,6 +197,7 @@ class Net:
     layer_hidden: tuple | None = None
     inference: str = "bottom-up"
     batch_norm: bool = False
+    arch_options: dict | None = None  # resnet: channels, blocks, downsample (all three named)
 
 
 NETS = {
@@ -163,6 +218,15 @@ NETS = {
     # and ReLU (see ABOUT["paper"]).
     "lvae": Net("mlp", (512, 512), "relu", (64, 32, 16, 8, 4), layer_hidden=(160, 160), inference="ladder",
                 batch_norm=True),
+    # 8-bit Frey faces on a CPU: a categorical decoder gives 256 logits per pixel (143,360 outputs,
+    # 18.4M weights behind 128 units), whose softmax, not the width, sets the step time
+    "frey8": Net("mlp", (128,), "tanh", 10),
+    # 8-bit MNIST: dmol's 3 mixtures give 3 x 3 = 9 numbers per pixel (7,056 outputs)
+    "mnist8": Net("mlp", (256,), "relu", 32),
+    # CIFAR-10 for a GPU: the suite's weight-normalized ResNet, 128 channels, 4 blocks at each of
+    # 32x32, 16x16, 8x8, one latent vector of 128 (Kingma et al. 2016's ResNet VAE has a hierarchy of
+    # spatial latent layers with bidirectional inference, which the suite cannot express)
+    "cifar-resnet": Net("resnet", (512,), "elu", 128, arch_options={"channels": 128, "blocks": 4, "downsample": 2}),
 }
 # torch threads per tier unless --threads says otherwise (None: torch's default). On a shared 2-core
 # machine spinning intra-op threads made steps 20-60x slower than one thread (measured: 410 against
@@ -196,6 +260,12 @@ BUDGETS = {
         "burda-warmup": Budget(epochs=25, batch_size=100, test_stride=5, warmup_epochs=5),
         "conv": Budget(epochs=40, batch_size=100, test_stride=20),
         "frey": Budget(epochs=1000, batch_size=100, iw_samples=2000, patience=100),
+        # 8-bit cells: minutes each on one CPU thread, all six within about 12 minutes (ABOUT below).
+        # Few epochs, so a higher learning rate and smaller batches than the nats cells; K is small
+        # because every importance sample decodes a whole image: 143,360 logits (categorical).
+        "frey8-categorical": Budget(epochs=10, batch_size=50, lr=3e-3, iw_samples=50),
+        "frey8-dmol": Budget(epochs=30, batch_size=25, lr=3e-3, iw_samples=200),
+        "mnist8": Budget(epochs=2, batch_size=100, lr=2e-3, iw_samples=100, test_stride=20),
     },
     # Published budgets, for a GPU. Burda et al.: 3280 passes with batches of 20 (their learning
     # rate schedule is not reproduced: Adam at 1e-3 throughout). Rezende & Mohamed: 500,000 updates
@@ -210,6 +280,13 @@ BUDGETS = {
         "rm": Budget(epochs=1000, batch_size=100, warmup_epochs=20),
         "conv": Budget(epochs=2000, batch_size=100, lr=5e-4, patience=100),
         "frey": Budget(epochs=2000, batch_size=100, lr=5e-4, iw_samples=2000, patience=100),
+        # van den Berg et al. 2018's Frey budget (their code: 2000 epochs, batch 100, learning rate
+        # 5e-4, early stopping after 100 epochs without progress, KL warm-up over 100 epochs; Adamax
+        # there, Adam here)
+        "frey8": Budget(epochs=2000, batch_size=100, lr=5e-4, iw_samples=2000, patience=100, warmup_epochs=100),
+        # CIFAR-10 on one GPU (Kingma et al. trained far longer, on 8 GPUs): 703 steps of 64 per epoch;
+        # 256 importance samples on every tenth test image keep the evaluation near an hour
+        "cifar": Budget(epochs=1000, batch_size=64, lr=1e-3, iw_samples=256, test_stride=10, patience=50),
     },
 }
 
@@ -223,7 +300,15 @@ ABOUT = {
                 "The `z100-50` cells are Burda et al.'s two-stochastic-layer network (784-200-200-z100-100-100-z50 "
                 "tanh) with bottom-up inference, and with ladder inference, batch norm and the KL weight warmed "
                 "up linearly over the first 5 of their 25 epochs (`.ladder`); all train the Monte-Carlo ELBO or "
-                "the IWAE bound, named.",
+                "the IWAE bound, named. The 8-bit cells (`frey-categorical`, `frey-dmol5`, `mnist-dmol3`: 8-bit "
+                "pixels scored by the probabilities of their 256 levels, reported in bits/dim) are sized for "
+                "minutes each, all six in about 12 minutes on one CPU thread: Frey faces on a 128-unit tanh MLP "
+                "with z = 10, categorical for 10 epochs (batch 50, Adam 3e-3, K = 50) and a mixture of 5 "
+                "discretized logistics for 30 epochs (batch 25, Adam 3e-3, K = 200), all 196 test images; "
+                "MNIST's grey levels on a 256-unit ReLU MLP with z = 32 and 3 mixtures, 2 epochs (batch 100, "
+                "Adam 2e-3, K = 100 on test[::20]). They are far from converged: the published Frey figures "
+                "(van den Berg et al. 2018) come from up to 2000 epochs of a gated-convolution network with "
+                "z = 64.",
     "paper": "The published budgets, for a GPU; 5000 importance samples on the whole test split (2000 for Frey "
              "faces). Burda et al.'s cells, one or two stochastic layers, train with Adam at 1e-3 throughout (the "
              "paper's learning-rate schedule over its 3280 passes is not reproduced). The five-layer ladder VAE "
@@ -234,7 +319,16 @@ ABOUT = {
              "best epoch by validation ELBO on the suite's validation split where the paper trains on the whole "
              "training set; and no fine-tuning. Its published 81.74 is the paper's fine-tuned row (2000 more "
              "epochs with a decaying learning rate and 10 importance samples in training), so a gap to it is "
-             "expected.",
+             "expected. The `frey-categorical` cells train with van den Berg et al. 2018's budget (2000 epochs, "
+             "batch 100, learning rate 5e-4, early stopping after 100, KL warm-up over 100 epochs; Adam for "
+             "their Adamax) on the suite's 128-unit MLP with z = 10, not their gated convolutions with z = 64. "
+             "The CIFAR-10 cells (discretized logistic pixels, the suite's weight-normalized ResNet: 128 "
+             "channels, 4 residual blocks at each of 32x32, 16x16 and 8x8, ELU, one latent vector of 128, "
+             "diagonal or 4 IAF steps) need CIFAR-10 in torchvision's layout and a GPU: 1000 epochs of 703 "
+             "steps of 64 images (Adam 1e-3, early stopping after 50), NLL with 256 importance samples on "
+             "test[::10]. Kingma et al. 2016's 3.11 bits/dim is their ResNet VAE with a hierarchy of spatial "
+             "latent layers, bidirectional inference and IAF, trained on 8 GPUs and evaluated with 10,000 "
+             "importance samples: a single-latent-vector network is expected to stay well above it.",
 }
 
 GUIDES = [("diag", None), ("full", None), ("planar", 4), ("radial", 4), ("coupling", 4), ("iaf", 4)]
@@ -248,23 +342,30 @@ ROWS = {
     + [("static", "conv", g, k, "elbo", 1, "conv") for g, k in (("diag", None), ("iaf", 4))]
     + [("frey", "frey", g, k, "elbo", 1, "frey") for g, k in (("diag", None), ("iaf", 4))]
     + [("dynamic", "burda2", "diag", None, obj, k, "burda") for obj, k in (("elbo", 1), ("iwae", 5))]
-    + [("dynamic", "burda2-ladder", "diag", None, "elbo", 1, "burda-warmup")],
+    + [("dynamic", "burda2-ladder", "diag", None, "elbo", 1, "burda-warmup")]
+    + [(data, "frey8", g, k, "elbo", 1, budget) for data, budget in (("frey-categorical", "frey8-categorical"),
+                                                                     ("frey-dmol", "frey8-dmol"))
+       for g, k in (("diag", None), ("iaf", 4))]
+    + [("mnist-dmol", "mnist8", g, k, "elbo", 1, "mnist8") for g, k in (("diag", None), ("iaf", 4))],
     "paper": [("static", "rm", g, k, "elbo", 1, "rm") for g, k in GUIDES + [("planar", 80)]]
     + [("static", "burda", "diag", None, "iwae", 50, "burda")]
     + [("dynamic", "burda", "diag", None, obj, k, "burda") for obj in ("elbo", "iwae") for k in (1, 5, 50)]
     + [("static", "conv", g, k, "elbo", 1, "conv") for g, k in (("diag", None), ("iaf", 4))]
     + [("frey", "frey", g, k, "elbo", 1, "frey") for g, k in (("diag", None), ("planar", 4), ("iaf", 4))]
     + [("dynamic", "burda2", "diag", None, obj, k, "burda") for obj in ("elbo", "iwae") for k in (1, 5, 50)]
-    + [("dynamic", "lvae", "diag", None, "elbo", 1, "lvae")],
+    + [("dynamic", "lvae", "diag", None, "elbo", 1, "lvae")]
+    + [("frey-categorical", "frey8", g, k, "elbo", 1, "frey8") for g, k in (("diag", None), ("planar", 4), ("iaf", 4))]
+    + [("cifar10", "cifar-resnet", g, k, "elbo", 1, "cifar") for g, k in (("diag", None), ("iaf", 4))],
 }
 
 
 def make_cell(data, net, guide, flows, objective, particles, budget: Budget) -> Cell:
-    dataset, binarize, likelihood = DATA[data]
+    dataset, binarize, likelihood, *options = DATA[data]
     n = NETS[net]
     return Cell(dataset, binarize, likelihood, n.arch, n.hidden, n.activation, n.latent_dim, guide, flows, objective,
                 particles, flow_hidden=n.flow_hidden if flows else None, layer_hidden=n.layer_hidden,
-                inference=n.inference, batch_norm=n.batch_norm, **dataclasses.asdict(budget))
+                inference=n.inference, batch_norm=n.batch_norm, likelihood_options=dict(options[0] if options else {}),
+                arch_options=dict(n.arch_options or {}), **dataclasses.asdict(budget))
 
 
 TIERS: dict[str, list[Cell]] = {tier: [make_cell(*row[:-1], BUDGETS[tier][row[-1]]) for row in rows]
@@ -284,9 +385,11 @@ def write_markdown(results: Path, tier: str, device: str) -> Path:
     latest = nll_table.latest(nll_table.read_records(results, tier, device))
     declared = [c.id for c in TIERS[tier]]
     path = results / f"{tier}-{device}.md"
+    needs = {c.id: NEEDS[c.dataset][0] for c in TIERS[tier] if c.dataset in NEEDS and c.id not in latest}
     text = nll_table.markdown(tier, device, [latest[i] for i in declared if i in latest],
                               [i for i in declared if i not in latest],
-                              f"python benchmarks/nll.py --tier {tier} --device {device}", ABOUT.get(tier, ""))
+                              f"python benchmarks/nll.py --tier {tier} --device {device}", ABOUT.get(tier, ""),
+                              needs=needs)
     write_text_atomic(path, text)
     return path
 
@@ -405,13 +508,41 @@ def run_cell(cell: Cell, tier: str, device: torch.device, work: Path, data_dir: 
                        "total": sum(p.numel() for p in checkpoint.pair.parameters())},
         **throughput.finish_facts(device, load_before, busy),
     }
-    if cell.likelihood == "gaussian" and cell.dataset == "frey":
-        dim = data.obs_dim
-        record.update(nll_bits_per_dim=nll_table.bits_per_dim(record["nll"], dim),
-                      nll_bits_per_dim_se=nll_table.bits_se(record["nll_se"], dim),
-                      neg_elbo_bits_per_dim=nll_table.bits_per_dim(record["neg_elbo"], dim),
-                      bits_per_dim_convention=f"(nats + D ln {nll_table.FREY_LEVEL_SCALE}) / (D ln 2), D = {dim}")
+    record.update(bits_fields(cell, result, data.obs_dim))
     return record
+
+
+def bits_fields(cell: Cell, result: dict, dim: int) -> dict:
+    """The bits/dim of a result line: exact, nats / (D ln 2), for a likelihood over the 256 levels
+    of 8-bit pixels; the bin-width conversion for Frey faces' Gaussian cells; none for the others."""
+    if cell.levels == 256:
+        bits = bits_per_dim(result, dim)
+        return {"neg_elbo_bits_per_dim": bits["elbo_bits_per_dim"],
+                "neg_elbo_bits_per_dim_se": bits["elbo_bits_per_dim_se"],
+                "nll_bits_per_dim": bits["nll_bits_per_dim"], "nll_bits_per_dim_se": bits["nll_bits_per_dim_se"],
+                "likelihood_levels": 256, "dims": dim,
+                "bits_per_dim_convention": f"nats / (D ln 2), D = {dim}: probabilities of the 256 levels"}
+    if cell.likelihood == "gaussian" and cell.dataset == "frey":
+        return {"nll_bits_per_dim": nll_table.bits_per_dim(result["nll"], dim),
+                "nll_bits_per_dim_se": nll_table.bits_se(result["nll_se"], dim),
+                "neg_elbo_bits_per_dim": nll_table.bits_per_dim(-result["elbo"], dim),
+                "neg_elbo_bits_per_dim_se": nll_table.bits_se(result["elbo_se"], dim), "dims": dim,
+                "bits_per_dim_convention": f"(nats + D ln {nll_table.FREY_LEVEL_SCALE}) / (D ln 2), D = {dim}"}
+    return {}
+
+
+def missing_data(cell: Cell, data_dir: Path | None) -> str | None:
+    """Why ``cell`` cannot run here, for a dataset of ``NEEDS`` whose files are absent; else None."""
+    if cell.dataset not in NEEDS:
+        return None
+    needs, absent = NEEDS[cell.dataset]
+    if data_dir is None:
+        return f"no data folder (pass --data-dir or set PYRO_VAE_DATA); the cell needs {needs}"
+    missing = absent(data_dir)
+    if missing:
+        shown = ", ".join(str(p.relative_to(data_dir)) for p in missing[:3]) + (" ..." if len(missing) > 3 else "")
+        return f"{cell.dataset} not found under {data_dir} (no {shown}); the cell needs {needs}"
+    return None
 
 
 # --- command line ----------------------------------------------------------------------------------
@@ -455,6 +586,10 @@ def run_cells(cells, args, device, results: Path, work: Path, data_dir, done: se
         head = f"[{n}/{len(cells)}] {cell.id}"
         if cell.id in done and not args.force:
             print(f"{head}: in the results, skipped (--force retrains)", flush=True)
+            continue
+        why = missing_data(cell, data_dir)
+        if why:  # declared for another machine: the tier goes on, and the cell stays declared
+            print(f"{head}: skipped, {why}", flush=True)
             continue
         if args.force and (work / cell.id).exists():
             remove(work / cell.id, "--force")

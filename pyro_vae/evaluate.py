@@ -117,6 +117,17 @@ def retain_freed_memory() -> bool:
     return bool(mallopt(m_mmap_threshold, 32 * 2**20)) and bool(mallopt(m_trim_threshold, 256 * 2**20))
 
 
+def _elements_per_sample(model, x: torch.Tensor) -> int:
+    """Numbers held per particle and datapoint, about: 4 per pixel, or twice the likelihood's
+    parameters per pixel where a model says (a 256-way categorical decodes 256 per pixel, and
+    sized as a Bernoulli its chunks took 64 times the memory budget)."""
+    likelihood = getattr(model, "likelihood", None)
+    channels = x.shape[1] if x.dim() == 4 else 1
+    sized = callable(getattr(likelihood, "out_channels", None))
+    per_pixel = likelihood.out_channels(channels) / channels if sized else 0
+    return int(max(4, 2 * per_pixel) * x[0].numel())
+
+
 def _chunk_size(samples: int, batch: int, elements_per_sample: int, max_elements: int) -> int:
     return max(1, min(samples, max_elements // max(1, batch * elements_per_sample)))
 
@@ -128,7 +139,7 @@ def per_datapoint(model, guide, x: torch.Tensor, samples: int, max_elements: int
     log p(x) estimate, each of shape (N,). ``weight_terms`` replaces ``log_weight_terms``."""
     retain_freed_memory()
     weight_terms = weight_terms or log_weight_terms
-    chunk = _chunk_size(samples, x.shape[0], 4 * x[0].numel(), max_elements)
+    chunk = _chunk_size(samples, x.shape[0], _elements_per_sample(model, x), max_elements)
     lse = torch.full((x.shape[0],), -math.inf, dtype=x.dtype, device=x.device)
     sums = {"log_lik": 0.0, "log_prior": 0.0, "log_q": 0.0}
     kl_sites: dict = {}

@@ -78,7 +78,8 @@ def posterior_mean(guide, x: torch.Tensor, y=None) -> torch.Tensor:
 def latent_scatter(guide, x: torch.Tensor, labels, path: Path, y=None) -> Path:
     z = posterior_mean(guide, x, y).cpu()
     fig, ax = plt.subplots(figsize=(6, 5))
-    points = ax.scatter(z[:, 0], z[:, 1], c=None if labels is None else labels.cpu(), cmap="tab10", s=6)
+    colours = {} if labels is None else {"c": labels.cpu(), "cmap": "tab10"}
+    points = ax.scatter(z[:, 0], z[:, 1], s=6, **colours)
     if labels is not None:
         fig.colorbar(points, ax=ax, label="label")
     ax.set_xlabel("E[z1 | x]")

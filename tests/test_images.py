@@ -94,3 +94,18 @@ def test_bits_per_dim_is_the_nll_over_d_ln_2(tmp_path, capsys):
     assert result["nll_bits_per_dim_se"] == pytest.approx(result["nll_se"] / (64 * math.log(2)), rel=1e-9)
     assert main(["evaluate", str(out), "--iw-samples", "3", "--device", "cpu"]) == 0
     assert "bits/dim" in capsys.readouterr().out
+
+
+def test_evaluation_chunks_follow_the_likelihoods_outputs(tmp_path):
+    """A categorical decoder gives 256 numbers per pixel: its importance-sampling chunks are sized
+    by them, not as a Bernoulli's, so the memory budget holds."""
+    from pyro_vae.evaluate import _chunk_size, _elements_per_sample
+
+    shape = (1, 8, 8)
+    sizes = {}
+    for name in ("bernoulli", "categorical"):
+        config = RunConfig(likelihood=name, hidden=[8], latent_dim=2).validate()
+        model = run.build(config, shape).model
+        sizes[name] = _chunk_size(5000, 100, _elements_per_sample(model, torch.zeros(100, *shape)), 2**23)
+    assert sizes["bernoulli"] == min(5000, 2**23 // (100 * 4 * 64))  # 4 numbers per pixel, as before
+    assert sizes["categorical"] == 2**23 // (100 * 512 * 64)
