@@ -47,12 +47,12 @@ def cmd_sample(args) -> int:
 
 def _style_analogies(checkpoint, args) -> None:
     from .plots import image_grid
-    from .run import load_data
+    from .run import run_data
     from .semisupervised import style_analogies
 
-    data = load_data(checkpoint.config, args.data_dir)
-    if tuple(data.obs_shape) != checkpoint.obs_shape or not data.labelled:
-        raise PyroVAEError(f"--style-of needs the run's labelled test images of shape {checkpoint.obs_shape}")
+    data = run_data(checkpoint, args.data_dir)
+    if not data.labelled:
+        raise PyroVAEError(f"--style-of needs the run's labelled test images; {data.name} has no labels")
     n = data.x["test"].shape[0]
     bad = [i for i in args.style_of if not 0 <= i < n]
     if bad or not args.style_of:

@@ -201,10 +201,15 @@ def load_run(run_dir: str | Path, device: torch.device | str = "cpu", which: str
 def load_run_and_data(run_dir: str | Path, device, data_dir: str | None = None) -> tuple[Checkpoint, data_mod.Data]:
     """A run's best checkpoint on ``device`` and its data, checked to have the run's shape."""
     checkpoint = load_run(run_dir, device)
+    return checkpoint, run_data(checkpoint, data_dir)
+
+
+def run_data(checkpoint: Checkpoint, data_dir: str | None = None) -> data_mod.Data:
+    """The data of a loaded run, checked to have the run's shape."""
     data = load_data(checkpoint.config, data_dir)
     if tuple(data.obs_shape) != checkpoint.obs_shape:
         raise PyroVAEError(f"data shape {data.obs_shape} differs from the run's {checkpoint.obs_shape}")
-    return checkpoint, data
+    return data
 
 
 def load_data(config: RunConfig, data_dir: str | None = None) -> data_mod.Data:

@@ -163,8 +163,10 @@ def _train(config: RunConfig, run_dir: Path, checkpoint, ctx: distributed.Single
     pyro.set_rng_seed(config.seed)
     pair = build(config, data.obs_shape).to(device)
     first = data.batch("train", torch.arange(min(config.batch_size, data.x["train"].shape[0])), device)
-    # a semi-supervised model's objective is that of its labelled images: scored with y observed
-    first = (first[0], first[1] if labels or plan else None)
+    # the loss takes the batches' labels; a semi-supervised model's objective is that of its
+    # labelled images, scored with y observed
+    takes_y = labels or plan is not None
+    first = (first[0], first[1] if takes_y else None)
     if config.objective is None:
         config.objective = _resolve_objective(pair, *first)
     with _unchanged(pair):
@@ -190,7 +192,7 @@ def _train(config: RunConfig, run_dir: Path, checkpoint, ctx: distributed.Single
     one = torch.ones((), device=device)
 
     def args(x, y, beta):  # the loss takes positional tensors (the JIT objective needs them)
-        return (x, one * beta) + ((y,) if labels or plan else ())
+        return (x, one * beta) + ((y,) if takes_y else ())
 
     wrapped = ctx.wrap(loss, config.objective)  # before priming: a refused objective fails before it compiles
     _prime(pair, loss, *args(*first, kl_weight(config, state.step, steps_per_epoch)))
