@@ -7,10 +7,11 @@ others, so the guides would not compare on one estimator. Network and data are t
 diagonal VAE of throughput.py is the baseline. All contenders run interleaved in one process, so
 load on the machine hits them alike; ratios are taken within a repeat, then the median over repeats.
 Flow families get K = ``--flows`` steps and their default hypernetwork width (``flow_hidden``,
-(320, 320) for all of them today); the JSON records every guide's options in full.
+(320, 320) for all of them today); the Hamiltonian guide runs once per ``--leapfrog`` count (rows
+``hamiltonian-K<n>``); the JSON records every guide's options in full.
 
     python benchmarks/guides.py [--device cpu|cuda] [--repeats N] [--steps N] [--warmup N]
-                                [--flows K] [--only planar,iaf] [--objective elbo-jit] [--out DIR]
+                                [--flows K] [--leapfrog 1,5,10] [--only planar,iaf] [--objective elbo-jit] [--out DIR]
 """
 
 from __future__ import annotations
@@ -38,13 +39,26 @@ import throughput as tp  # noqa: E402
 TARGET_RATIO, BEFORE_RATIO, TARGET_GUIDES = 2.0, 2.7, ("planar", "iaf")
 
 
-def options_for(name: str, flows: int) -> dict:
-    return {"flows": flows} if "flows" in guides.GUIDES[name].options() else {}
+def options_for(name: str, flows: int, leapfrog: int | None = None) -> dict:
+    declared = guides.GUIDES[name].options()
+    return {**({"flows": flows} if "flows" in declared else {}),
+            **({"leapfrog": leapfrog} if "leapfrog" in declared and leapfrog is not None else {})}
 
 
-def pair_for(name: str, flows: int, device):
+def variants(names: list[str], flows: int, leapfrogs: list[int]) -> list[tuple[str, str, dict]]:
+    """(row label, guide, options): one row per guide, the Hamiltonian guide once per leapfrog count."""
+    out = []
+    for name in names:
+        if "leapfrog" in guides.GUIDES[name].options():
+            out += [(f"{name}-K{k}", name, options_for(name, flows, k)) for k in leapfrogs]
+        else:
+            out.append((name, name, options_for(name, flows)))
+    return out
+
+
+def pair_for(name: str, options: dict, device):
     config = RunConfig(arch="mlp", hidden=tp.HIDDEN, latent_dim=tp.LATENT, activation="relu",
-                       likelihood="bernoulli", guide=name, guide_options=options_for(name, flows))
+                       likelihood="bernoulli", guide=name, guide_options=options)
     return run.build(config, tp.OBS_SHAPE).to(device)
 
 
@@ -52,20 +66,21 @@ def count(module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def benchmark(device, names, flows: int, repeats: int, steps: int, warmup: int, seed: int, objective: str):
+def benchmark(device, names, flows: int, repeats: int, steps: int, warmup: int, seed: int, objective: str,
+              leapfrogs=(5,)):
     pyro.set_rng_seed(seed)
     batches = tp.random_batches(seed, device)
     beta = torch.ones((), device=device)
-    contenders, params, totals = [], {}, {}
-    for name in names:
-        pair = pair_for(name, flows, device)
-        params[name], totals[name] = count(pair.guide), count(pair)
+    contenders, params, totals, chosen = [], {}, {}, {}
+    for label, name, options in variants(names, flows, list(leapfrogs)):
+        pair = pair_for(name, options, device)
+        params[label], totals[label], chosen[label] = count(pair.guide), count(pair), (name, options)
         if name == "diag":  # the baseline starts from the diag pair's parameters, as in throughput.py
             plain = tp.baseline_from(pair)
             params["baseline"], totals["baseline"] = count(plain.encoder) + count(plain.head), count(plain)
             contenders.append(tp.Contender("baseline", plain, plain))
         loss = objectives.loss_fn(objective, pair.model, pair.guide, 1)
-        contenders.append(tp.Contender(name, pair, loss, batches[0], beta))
+        contenders.append(tp.Contender(label, pair, loss, batches[0], beta))
     wall, busy = tp.time_interleaved(contenders, batches, beta, device, repeats, steps, warmup)
     results = {}
     for name in wall:
@@ -77,7 +92,7 @@ def benchmark(device, names, flows: int, repeats: int, steps: int, warmup: int, 
                          "guide_parameters": params[name],
                          "arithmetic_floor": totals[name] / totals["baseline"],
                          "guide_options": None if name == "baseline"
-                         else {**guides.GUIDES[name].options(), **options_for(name, flows)},
+                         else {**guides.GUIDES[chosen[name][0]].options(), **chosen[name][1]},
                          "seconds_per_repeat": wall[name], "ratios_to_baseline_per_repeat": to_plain}
     return results, busy
 
@@ -88,7 +103,8 @@ def markdown(report: dict) -> str:
                      if "flow_hidden" in (r["guide_options"] or {})})
     lines = [f"# Training-step cost per guide ({report['device']}, {report['date']})", "",
              f"Objective `{s['objective']}`, batch {s['batch']}, MLP {s['network']}, K = {s['flows']} for flow "
-             f"families (hypernetworks: hidden layers {' or '.join(widths) or '-'}), {s['repeats']} repeats of "
+             f"families (hypernetworks: hidden layers {' or '.join(widths) or '-'}), `hamiltonian-K<n>`: n leapfrog "
+             f"steps (each a gradient of log p(x, z) with its second-order backward), {s['repeats']} repeats of "
              f"{s['steps']} steps per contender (interleaved in turns of {tp.CHUNK} steps) after {s['warmup']} "
              "warm-up steps; one step = zero_grad, loss / batch, backward, Adam. Baseline: the plain-PyTorch "
              "diagonal VAE of throughput.py. Ratios are time per step over that of `diag` or the baseline within a "
@@ -123,12 +139,18 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     tp.timing_arguments(parser, steps=60, warmup=5)
     parser.add_argument("--flows", type=int, default=4, help="K, the number of flow steps")
+    parser.add_argument("--leapfrog", default="5", help="comma-separated leapfrog counts of the hamiltonian guide")
     parser.add_argument("--only", help="comma-separated guides (diag and the baseline always run)")
     # named, never left to RunConfig's default (meanfield for diag and const-var): see the docstring
     parser.add_argument("--objective", default="elbo", help="the objective every guide trains with")
     args = parser.parse_args(argv)
-    if args.repeats < 1 or args.steps < 1 or args.warmup < 0 or args.flows < 1:
-        parser.error("--repeats, --steps and --flows must be positive, --warmup non-negative")
+    try:
+        leapfrogs = [int(k) for k in args.leapfrog.split(",") if k.strip()]
+    except ValueError:
+        parser.error(f"--leapfrog takes comma-separated integers, got {args.leapfrog!r}")
+    if args.repeats < 1 or args.steps < 1 or args.warmup < 0 or args.flows < 1 or not leapfrogs \
+            or min(leapfrogs) < 0:
+        parser.error("--repeats, --steps and --flows must be positive, --warmup and --leapfrog non-negative")
     chosen = list(guides.GUIDES) if args.only is None else [n.strip() for n in args.only.split(",") if n.strip()]
     try:
         device = run.resolve_device(args.device)
@@ -141,10 +163,11 @@ def main(argv=None) -> int:
 
     load_before = os.getloadavg()[0]
     results, busy = benchmark(device, names, args.flows, args.repeats, args.steps, args.warmup, args.seed,
-                              args.objective)
+                              args.objective, leapfrogs)
     report = {
         **tp.facts(device, load_before, busy),
         "settings": {"objective": args.objective, "batch": tp.BATCH, "network": "784-500-500-32", "flows": args.flows,
+                     "leapfrog": leapfrogs,
                      "likelihood": "bernoulli", "optimizer": f"Adam(lr={tp.LR})", "particles": 1,
                      "repeats": args.repeats, "steps": args.steps, "warmup": args.warmup, "seed": args.seed,
                      "data": "bernoulli(uniform) noise, 10 batches"},

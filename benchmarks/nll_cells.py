@@ -18,6 +18,7 @@ from pathlib import Path
 
 from pyro_vae import datasets_images
 from pyro_vae.config import RunConfig
+from pyro_vae.guides import GUIDES
 from pyro_vae.likelihoods import LIKELIHOODS
 from pyro_vae.nets import ARCHITECTURES
 
@@ -111,7 +112,9 @@ class Cell:
         return nll_table.anchors_for(self)
 
     def config(self, data_dir, device: str, out: Path) -> RunConfig:
-        options = {} if self.flows is None else {"flows": self.flows}
+        # ``flows`` counts the guide's steps: flow steps, or the hamiltonian guide's leapfrog steps
+        steps = "leapfrog" if "leapfrog" in GUIDES[self.guide].options() else "flows"
+        options = {} if self.flows is None else {steps: self.flows}
         if self.flow_hidden is not None:
             options["flow_hidden"] = list(self.flow_hidden)
         dims = self.latent_dims
@@ -304,12 +307,14 @@ ABOUT = {
              "importance samples: a single-latent-vector network is expected to stay well above it.",
 }
 
-GUIDES = [("diag", None), ("full", None), ("planar", 4), ("radial", 4), ("coupling", 4), ("iaf", 4)]
+ROW_GUIDES = [("diag", None), ("full", None), ("planar", 4), ("radial", 4), ("coupling", 4), ("iaf", 4)]
+# the Hamiltonian VAE (Caterini et al. 2018) beside the flows at the same budget: K leapfrog steps
+HAMILTONIAN = [("hamiltonian", k) for k in (1, 5, 10)]
 # rows: (data, net, guide, flows, objective, particles, budget)
 ROWS = {
-    "smoke": [("digits", "small", g, k, "elbo", 1, "digits") for g, k in GUIDES]
+    "smoke": [("digits", "small", g, k, "elbo", 1, "digits") for g, k in ROW_GUIDES]
     + [("digits", "small", "diag", None, "iwae", 5, "digits")],
-    "standard": [("static", "rm", g, k, "elbo", 1, "rm") for g, k in GUIDES]
+    "standard": [("static", "rm", g, k, "elbo", 1, "rm") for g, k in ROW_GUIDES + HAMILTONIAN]
     + [(data, "burda", "diag", None, obj, k, "burda") for data in ("static", "dynamic")
        for obj, k in (("elbo", 1), ("iwae", 5), ("iwae", 50))]
     + [("static", "conv", g, k, "elbo", 1, "conv") for g, k in (("diag", None), ("iaf", 4))]
@@ -320,7 +325,7 @@ ROWS = {
                                                                      ("frey-dmol", "frey8-dmol"))
        for g, k in (("diag", None), ("iaf", 4))]
     + [("mnist-dmol", "mnist8", g, k, "elbo", 1, "mnist8") for g, k in (("diag", None), ("iaf", 4))],
-    "paper": [("static", "rm", g, k, "elbo", 1, "rm") for g, k in GUIDES + [("planar", 80)]]
+    "paper": [("static", "rm", g, k, "elbo", 1, "rm") for g, k in ROW_GUIDES + [("planar", 80)] + HAMILTONIAN]
     + [("static", "burda", "diag", None, "iwae", 50, "burda")]
     + [("dynamic", "burda", "diag", None, obj, k, "burda") for obj in ("elbo", "iwae") for k in (1, 5, 50)]
     + [("static", "conv", g, k, "elbo", 1, "conv") for g, k in (("diag", None), ("iaf", 4))]
@@ -335,8 +340,9 @@ ROWS = {
 def make_cell(data, net, guide, flows, objective, particles, budget: Budget) -> Cell:
     dataset, binarize, likelihood, *options = DATA[data]
     n = NETS[net]
+    hypernetworks = flows and "flow_hidden" in GUIDES[guide].options()
     return Cell(dataset, binarize, likelihood, n.arch, n.hidden, n.activation, n.latent_dim, guide, flows, objective,
-                particles, flow_hidden=n.flow_hidden if flows else None, layer_hidden=n.layer_hidden,
+                particles, flow_hidden=n.flow_hidden if hypernetworks else None, layer_hidden=n.layer_hidden,
                 inference=n.inference, batch_norm=n.batch_norm, likelihood_options=dict(options[0] if options else {}),
                 arch_options=dict(n.arch_options or {}), **dataclasses.asdict(budget))
 

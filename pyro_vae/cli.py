@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 
 from .cli_draw import cmd_encode, cmd_sample
+from .cli_quality import add_parsers as add_quality_parsers
+from .cli_quality import cmd_quality, cmd_refit_prior
 from .config import BINARIZE_CHOICES, DEVICE_CHOICES, RunConfig
 from .data import DATASETS
 from .errors import PyroVAEError
@@ -103,8 +105,10 @@ ARCH_FLAGS = [_option_flag(name, option, entries) for name, (option, entries) in
 LIKELIHOOD_FLAGS = [_option_flag(name, option, entries)
                     for name, (option, entries) in LIKELIHOODS.all_options().items()]
 # (flags, RunConfig field of the options they fill)
-OPTION_FLAGS = ((GUIDE_FLAGS, "guide_options"), (ARCH_FLAGS, "arch_options"), (LIKELIHOOD_FLAGS, "likelihood_options"))
-ALL_OPTION_FLAGS = GUIDE_FLAGS + ARCH_FLAGS + LIKELIHOOD_FLAGS
+PRIOR_FLAGS = [_option_flag(name, option, entries) for name, (option, entries) in PRIORS.all_options().items()]
+OPTION_FLAGS = ((GUIDE_FLAGS, "guide_options"), (ARCH_FLAGS, "arch_options"), (LIKELIHOOD_FLAGS, "likelihood_options"),
+                (PRIOR_FLAGS, "prior_options"))
+ALL_OPTION_FLAGS = GUIDE_FLAGS + ARCH_FLAGS + LIKELIHOOD_FLAGS + PRIOR_FLAGS
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -185,6 +189,7 @@ def _parser() -> argparse.ArgumentParser:
     encode.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
     encode.add_argument("--seed", type=int, default=0)
 
+    add_quality_parsers(sub, DEVICE_CHOICES)
     sub.add_parser("guides", help="list the registered guides")
     return parser
 
@@ -285,7 +290,8 @@ def cmd_evaluate(args) -> int:
 
         result.update(bits_per_dim(result, data.obs_dim))
     result = {"run": str(args.run_dir), "split": args.split, "dataset": checkpoint.config.dataset,
-              "model": checkpoint.config.model, "guide": checkpoint.config.guide, "epoch": checkpoint.train_state.epoch, **result}
+              "model": checkpoint.config.model, "guide": checkpoint.config.guide,
+              "prior": checkpoint.config.prior, "epoch": checkpoint.train_state.epoch, **result}
     name = "eval.json" if args.split == "test" else f"eval-{args.split}.json"
     write_text_atomic(Path(args.run_dir) / name, json.dumps(result, indent=2) + "\n")
     print(json.dumps(result) if args.json else format_eval(result))
@@ -336,13 +342,16 @@ def cmd_guides(args) -> int:
     for name, spec in GUIDES.items():
         options = ", ".join(f"{k}={v}" for k, v in spec.options().items())
         layers = "one, or the bottom layer of several (bottom-up" + (", ladder)" if spec.meta.get("ladder") else ")")
+        if spec.meta.get("model_driven"):
+            layers = "one (--model vae or cvae: it follows the model's own log p(x, z))"
         print(f"{name:<12} {spec.about}  [{spec.reference}]" + (f"\n{'':<12} options: {options}" if options else "")
               + f"\n{'':<12} layers: {layers}")
     return 0
 
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "sample": cmd_sample, "compare": cmd_compare,
-            "diagnose": cmd_diagnose, "encode": cmd_encode, "guides": cmd_guides}
+            "diagnose": cmd_diagnose, "encode": cmd_encode, "quality": cmd_quality, "refit-prior": cmd_refit_prior,
+            "guides": cmd_guides}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,7 +22,21 @@ def cmd_sample(args) -> int:
     _positive("-n", args.n)
     if not args.out.lower().endswith(".png"):
         raise PyroVAEError(f"--out must name a .png file, got {args.out}")
-    checkpoint = load_run(args.run_dir, resolve_device(args.device))
+    device = resolve_device(args.device)
+    checkpoint = load_run(args.run_dir, device)
+    from .two_stage import decode, first_stage, sample_codes
+
+    first = first_stage(checkpoint.config, device)
+    if first is not None:  # a second stage: its codes decoded by the first
+        if args.label is not None or args.style_of is not None:
+            raise PyroVAEError("--label and --style-of need a model with labels; this run is a second stage")
+        pyro.set_rng_seed(args.seed)
+        stage, sites, sizes = first
+        codes = sample_codes(checkpoint.pair.model, args.n, sum(sizes), device)
+        images = decode(stage, sites, sizes, codes, draw=False)
+        image_grid(images, stage.obs_shape, Path(args.out))
+        print(f"wrote {args.out} (codes decoded by the first stage)")
+        return 0
     if not is_image(checkpoint.obs_shape):
         raise PyroVAEError(f"the run's data are vectors of shape {checkpoint.obs_shape}, not images")
     model = checkpoint.pair.model
@@ -79,6 +93,9 @@ def cmd_encode(args) -> int:
     pyro.set_rng_seed(args.seed)
     splits = SPLITS if args.split == "all" else (args.split,)
     arrays = encode.encode(checkpoint.pair, data, checkpoint.config, splits, args.what, device, args.batch_size)
+    from .two_stage import source_arrays  # a model trained on the codes can decode through this run
+
+    arrays.update(source_arrays(args.run_dir))
     encode.write(args.out, arrays)
     what = {"mean": "posterior means", "sample": "posterior draws", "posterior": "posterior means and sds"}[args.what]
     print(f"wrote {args.out}: {arrays['x'].shape[0]} rows of {arrays['x'].shape[1]} {what} ({', '.join(splits)})")

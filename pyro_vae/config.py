@@ -53,6 +53,8 @@ class RunConfig:
     guide: str = "diag"
     guide_options: dict = field(default_factory=dict)
     prior: str = "standard"
+    # the prior's declared options (vamp: pseudo_inputs; mog: components, covariance)
+    prior_options: dict = field(default_factory=dict)
     objective: str | None = None
     particles: int = 1
     beta: float = 1.0
@@ -92,7 +94,7 @@ class RunConfig:
                     not isinstance(h, int) or isinstance(h, bool) or h <= 0 for h in self.layer_hidden):
                 raise PyroVAEError(f"--layer-hidden must be a comma-separated list of positive integers, got "
                                    f"{self.layer_hidden!r}")
-        for name in ("arch_options", "likelihood_options"):
+        for name in ("arch_options", "likelihood_options", "prior_options"):
             options = getattr(self, name)
             if not isinstance(options, dict) or any(not isinstance(k, str) for k in options):
                 raise PyroVAEError(f"{name} must be a mapping of option names to values, got {options!r}")

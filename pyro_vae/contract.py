@@ -166,9 +166,13 @@ def guide_draws(guide, x: torch.Tensor, y=None, samples: int = 1, chunk: int = 1
     return {name: torch.cat(chunks) for name, chunks in parts.items()}
 
 
-def log_joint(model, x: torch.Tensor, values: dict[str, torch.Tensor], y=None, particles: int | None = None):
+def log_joint(model, x: torch.Tensor, values: dict[str, torch.Tensor], y=None, particles: int | None = None,
+              shape_check: bool = True):
     """log p(x, z) with the latent sites set to ``values`` (site -> (particles, N, *event), or
-    (N, *event) without particles), summed over all sites: shape (particles, N) or (N,)."""
+    (N, *event) without particles), summed over all sites: shape (particles, N) or (N,). Without
+    ``shape_check`` the values may carry any batch dimensions left of N, which the sites'
+    log-densities broadcast over (no particle plate is opened: for use inside another program's
+    plates)."""
     conditioned = poutine.condition(lambda *a: call(model, *a), data=values)
     trace = poutine.trace(with_particles(conditioned, particles)).get_trace(x, y)
     shape = ((particles,) if particles is not None else ()) + (x.shape[0],)
@@ -176,7 +180,8 @@ def log_joint(model, x: torch.Tensor, values: dict[str, torch.Tensor], y=None, p
     for site in sample_sites(trace):
         if not site["is_observed"] and site["name"] not in values:
             raise PyroVAEError(f"no value given for latent site {site['name']!r}")
-        total = total + _per_datapoint(site, site["fn"].log_prob(site["value"]), shape)
+        log_prob = site["fn"].log_prob(site["value"])
+        total = total + (_per_datapoint(site, log_prob, shape) if shape_check else log_prob)
     return total
 
 
@@ -207,3 +212,60 @@ def site_moments(guide, x: torch.Tensor, y=None, samples: int = 1000) -> dict[st
         flat = d.reshape(samples, x.shape[0], -1)
         out[name] = (flat.mean(0), flat.var(0))
     return out
+
+
+def guide_log_prob(guide, x: torch.Tensor, values: dict[str, torch.Tensor], y=None) -> torch.Tensor:
+    """log q(z_s | x_m) of given draws at every row of ``x``: ``values`` maps each latent site of the
+    guide to draws of shape (S, *event), and the result has shape (S, N), summed over sites.
+
+    The draws are broadcast against the rows as S particles, so the guide runs once on ``x``.
+    A guide that can score only its own draws (planar and radial flows cache them) raises
+    :class:`PyroVAEError`.
+    """
+    if not values:
+        raise PyroVAEError("no draws given to score")
+    s, n = next(iter(values.values())).shape[0], x.shape[0]
+    expanded = {name: v.unsqueeze(1).expand((s, n) + tuple(v.shape[1:])) for name, v in values.items()}
+    conditioned = poutine.condition(lambda *a: call(guide, *a), data=expanded)
+    try:
+        trace = poutine.trace(with_particles(conditioned, s)).get_trace(x, y)
+        total, scored = 0.0, set()
+        for site in sample_sites(trace):
+            if site["name"] not in expanded:
+                if not site["is_observed"]:
+                    raise PyroVAEError(f"no draws given for the guide's latent site {site['name']!r}")
+                continue
+            total = total + _per_datapoint(site, site["fn"].log_prob(site["value"]), (s, n))
+            scored.add(site["name"])
+    except (KeyError, NotImplementedError) as err:
+        raise PyroVAEError("this guide's q(z|x) can be scored only at its own draws (planar and radial flows "
+                           f"have no inverse: {type(err).__name__}), and this needs it at any z") from None
+    missing = sorted(set(expanded) - scored)
+    if missing:
+        raise PyroVAEError(f"the guide has no latent sites {', '.join(map(repr, missing))}")
+    return total
+
+
+@torch.no_grad()
+def prior_draws(model, x: torch.Tensor, y=None, values: dict | None = None) -> dict[str, torch.Tensor]:
+    """Site name -> one draw per row of ``x`` of every latent site from the model (its prior, the
+    layers drawn in order; ``values`` fixes some sites, the rest follow them), each (N, *event)."""
+    fn = (lambda *a: call(model, *a)) if not values else poutine.condition(lambda *a: call(model, *a), data=values)
+    trace = poutine.trace(fn).get_trace(x, y)
+    return {s["name"]: s["value"] for s in sample_sites(trace) if not s["is_observed"] or s["name"] in (values or {})}
+
+
+@torch.no_grad()
+def observation(model, x: torch.Tensor, y=None, values: dict | None = None):
+    """The distribution of the model's observed site given one prior draw (or ``values``) per row
+    of ``x`` (whose values it ignores): what the model generates. A model with several observed
+    sites gives the one whose value is ``x``."""
+    fn = (lambda *a: call(model, *a)) if not values else poutine.condition(lambda *a: call(model, *a), data=values)
+    trace = poutine.trace(fn).get_trace(x, y)
+    observed = [s for s in sample_sites(trace) if s["is_observed"] and s["name"] not in (values or {})]
+    for site in observed:
+        if site["value"] is x:
+            return site["fn"]
+    if len(observed) == 1:
+        return observed[0]["fn"]
+    raise PyroVAEError("the model has no observed site holding x")

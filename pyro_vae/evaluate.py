@@ -125,7 +125,9 @@ def _elements_per_sample(model, x: torch.Tensor) -> int:
     channels = x.shape[1] if x.dim() == 4 else 1
     sized = callable(getattr(likelihood, "out_channels", None))
     per_pixel = likelihood.out_channels(channels) / channels if sized else 0
-    return int(max(4, 2 * per_pixel) * x[0].numel())
+    # a mixture prior scores every draw against each of its components
+    prior = getattr(getattr(model, "prior", None), "elements_per_sample", 0)
+    return int(max(4, 2 * per_pixel) * x[0].numel() + (prior if isinstance(prior, int) else 0))
 
 
 def _chunk_size(samples: int, batch: int, elements_per_sample: int, max_elements: int) -> int:

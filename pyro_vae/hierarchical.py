@@ -69,6 +69,7 @@ class HierarchicalVAE(nn.Module):
         super().__init__()
         self.decoder, self.likelihood, self.prior, self.conditionals = decoder, likelihood, prior, conditionals
         self.latent_dims = tuple(dims)
+        self.prior_site = site(len(dims))  # the top layer, drawn from ``prior``
         self.latent_dim = sum(dims)
 
     def forward(self, x: torch.Tensor, y=None):
@@ -119,6 +120,14 @@ class BottomUpGuide(nn.Module):
             for layer, up in enumerate(self.ups, start=2):
                 z = pyro.sample(site(layer), _normal(up(z)))
 
+    def prior_components(self, u: torch.Tensor) -> dist.TorchDistribution:
+        """The top layer's Gaussian q(z_L | ...) of inputs ``u``, the layers below at their means
+        (the VampPrior of the top layer)."""
+        z = self.bottom.prior_components(u).mean
+        for up in self.ups[:-1]:
+            z = up(z)[0]
+        return _normal(self.ups[-1](z))
+
 
 class LadderGuide(nn.Module):
     """LVAE inference: bottom-up estimates, merged top-down with the model's conditionals.
@@ -140,6 +149,10 @@ class LadderGuide(nn.Module):
             found.append(head(h))
         return found
 
+    def prior_components(self, u: torch.Tensor) -> dist.TorchDistribution:
+        """The top layer's q(z_L | u) = N(mu_hat_L(u), sigma_hat_L(u)^2) (the VampPrior of the top layer)."""
+        return _normal(self.estimates(u)[-1])
+
     def forward(self, x: torch.Tensor, y=None):
         estimates = self.estimates(x)
         depth = len(estimates)
@@ -159,6 +172,9 @@ def merge(estimate, prior) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _bottom_up(config, parts) -> nn.Module:
+    if GUIDES[config.guide].meta.get("model_driven"):
+        raise PyroVAEError(f"--guide {config.guide} moves one latent layer along the model's log p(x, z); with "
+                           f"several layers ({config.latent_dims}) give it one --latent-dim, or use another guide")
     dims, hidden, act, bn = parts["dims"], parts["layer_hidden"], parts["act"], config.batch_norm
     bottom = parts["make_guide"](parts["encoder"], parts["features"], dims[0])
     ups = nn.ModuleList(GaussianLayer(dims[i], dims[i + 1], hidden, act, bn) for i in range(len(dims) - 1))

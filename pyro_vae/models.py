@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import hierarchical, nets
+from .guides import GUIDES, attach
 from .errors import PyroVAEError
 from .likelihoods import LIKELIHOODS, Bernoulli, BernoulliLogits, Gaussian  # noqa: F401 (re-exported)
 from .priors import PRIORS, RealNVPPrior, StandardNormal  # noqa: F401 (re-exported)
@@ -24,6 +25,7 @@ class VAE(nn.Module):
     """The generative model: z ~ prior, x | z ~ likelihood(decoder(z))."""
 
     classes = 0  # label classes the model is conditioned on; none
+    prior_site = "z"  # the latent site drawn from ``prior``
 
     def __init__(self, decoder: nn.Module, likelihood: nn.Module, prior: nn.Module, latent_dim: int):
         super().__init__()
@@ -144,7 +146,9 @@ def _build_vae(config, obs_shape, likelihood, make_guide, make_prior):
                                             likelihood.out_channels(nets.channels(obs_shape)),
                                             batch_norm=config.batch_norm, **config.arch_options)
     guide = make_guide(encoder, features, latent)
-    return VAE(decoder, likelihood, make_prior(guide, latent), latent), guide
+    model = VAE(decoder, likelihood, make_prior(guide, latent), latent)
+    attach(guide, model)
+    return model, guide
 
 
 def labelled_decoder_and_guide(config, obs_shape, likelihood, make_guide, model: str):
@@ -162,10 +166,14 @@ def labelled_decoder_and_guide(config, obs_shape, likelihood, make_guide, model:
 def _build_cvae(config, obs_shape, likelihood, make_guide, make_prior):
     latent, decoder, guide = labelled_decoder_and_guide(config, obs_shape, likelihood, make_guide, "cvae")
     model = ConditionalVAE(decoder, likelihood, make_prior(guide, latent), latent, config.classes)
+    attach(guide, model)
     return model, guide
 
 
 def _build_m2(config, obs_shape, likelihood, make_guide, make_prior):
+    if GUIDES[config.guide].meta.get("model_driven"):
+        raise PyroVAEError(f"--guide {config.guide} follows the model's log p(x, z) and does not take a label "
+                           "enumerated by --model m2; use it with --model vae or cvae")
     from . import semisupervised  # its classes build on ConditionalVAE, defined here
 
     return semisupervised.build(config, obs_shape, likelihood, make_guide, make_prior)

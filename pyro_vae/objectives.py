@@ -196,6 +196,8 @@ def default_objective(model, guide, x: torch.Tensor, y=None) -> str:
     for site in contract.sample_sites(guide_trace):
         if site["is_observed"] or site["name"] not in model_trace.nodes:
             continue
+        if isinstance(site["fn"], pyro.distributions.Delta):  # its "KL" is the Monte-Carlo term itself
+            return "elbo"
         try:
             kl_divergence(site["fn"], model_trace.nodes[site["name"]]["fn"])
         except NotImplementedError:
@@ -206,6 +208,10 @@ def default_objective(model, guide, x: torch.Tensor, y=None) -> str:
 @torch.no_grad()
 def check_objective(name: str, model, guide, x: torch.Tensor, y=None) -> None:
     """Refuse ``meanfield`` for a guide whose closed-form KL would be biased (see ``analytic_kl_order``)."""
+    if name == "elbo-jit" and not getattr(guide, "jit_compatible", True):
+        raise PyroVAEError("--objective elbo-jit traces the guide once with torch.jit, and this guide differentiates "
+                           "the model inside itself (the hamiltonian guide's leapfrog steps); use --objective elbo "
+                           "or iwae")
     if name != "meanfield":
         return
     if not analytic_kl_order(*contract.traces(model, guide, x, y)):

@@ -40,6 +40,7 @@ def check_names(config: RunConfig) -> None:
     """Every registry name in ``config`` exists; raises before any data is read or file written."""
     data_mod.check_name(config.dataset)
     guides.check_options(config.guide, config.guide_options)
+    priors.check_options(config.prior, config.prior_options)
     nets.check_options(config.arch, config.arch_options)
     check_likelihood_options(config.likelihood, config.likelihood_options)
     for registry, name in ((objectives.OBJECTIVES, config.objective), (likelihoods.LIKELIHOODS, config.likelihood)):
@@ -86,7 +87,10 @@ def build(config: RunConfig, obs_shape: tuple) -> Pair:
         return guides.build(config.guide, encoder, features, latent_dim, **config.guide_options)
 
     def make_prior(guide: nn.Module, latent_dim: int) -> nn.Module:
-        return priors.build(config.prior, latent_dim, guide=guide)
+        # pseudo-inputs of a vamp prior stay in [0, 1] where the likelihood's data do (levels known)
+        bounded = likelihoods.LIKELIHOODS[config.likelihood].meta.get("levels") is not None
+        return priors.build(config.prior, latent_dim, guide=guide, obs_shape=tuple(obs_shape), bounded=bounded,
+                            **config.prior_options)
 
     model, guide = models.MODELS[config.model].build(config, tuple(obs_shape), likelihood, make_guide, make_prior)
     return Pair(model, guide)

@@ -33,6 +33,7 @@ from .guides import GUIDES
 from .likelihoods import LIKELIHOODS
 from .models import MODELS
 from .nets import ARCHITECTURES
+from .priors import PRIORS
 from .run import BEST, LAST, TrainState, build, check_names, get_rng_state, load_checkpoint, load_data, \
     make_optimizer, save_checkpoint, set_rng_state
 
@@ -153,7 +154,8 @@ def _train(config: RunConfig, run_dir: Path, checkpoint, ctx: distributed.Single
     # the options a run is built with, defaults included, so that a later change of a default never
     # rebuilds an old checkpoint differently
     for registry, name, field in ((GUIDES, config.guide, "guide_options"), (ARCHITECTURES, config.arch, "arch_options"),
-                                  (LIKELIHOODS, config.likelihood, "likelihood_options")):
+                                  (LIKELIHOODS, config.likelihood, "likelihood_options"),
+                                  (PRIORS, config.prior, "prior_options")):
         setattr(config, field, {**registry[name].options(), **getattr(config, field)})
     plan = None
     if spec.semi_supervised:

@@ -81,6 +81,21 @@ def test_the_smoke_tier_declares_every_guide_of_the_issue_and_an_iwae_cell():
         assert len({c.id for c in cells}) == len(cells), tier
 
 
+def test_the_hamiltonian_cells_stand_beside_the_flows_at_one_budget():
+    for tier in ("standard", "paper"):
+        cells = {c.id: c for c in nll.TIERS[tier]}
+        hamiltonian = [c for c in cells.values() if c.guide == "hamiltonian"]
+        assert sorted(c.flows for c in hamiltonian) == [1, 5, 10], tier
+        flows = [c for c in cells.values() if c.dataset == "binarized-mnist" and c.guide in ("planar", "iaf")
+                 and c.flows == 4 and c.arch == "mlp" and c.hidden == (400,)]
+        assert len(flows) == 2, tier
+        for c in hamiltonian:
+            assert c.id == f"binarized-mnist.mlp400-z40.hamiltonian{c.flows}.elbo1"
+            assert c.config(None, "cpu", Path("x")).guide_options == {"leapfrog": c.flows}
+            assert all((c.epochs, c.batch_size, c.lr, c.hidden, c.latent_dim)
+                       == (f.epochs, f.batch_size, f.lr, f.hidden, f.latent_dim) for f in flows)
+
+
 def test_every_cell_is_in_the_results_with_finite_numbers(smoke):
     results, _, device = smoke
     latest = _latest(_records(results, "smoke", device))

@@ -10,8 +10,8 @@ from __future__ import annotations
 from torch import nn
 
 from ..errors import PyroVAEError
-from ..registry import Registry
-from . import flows
+from ..registry import Option, Registry
+from . import flows, hamiltonian
 from .base import MIN_SCALE, AmortizedGuide, ConstantVariance, DiagonalGaussian, FullCovariance
 from .flows import FlowGuide, UnconditionalFlow, unconditional_flow
 
@@ -19,9 +19,17 @@ from .flows import FlowGuide, UnconditionalFlow, unconditional_flow
 FLOW_OPTIONS = {"flows": "number of flow steps K",
                 "flow_hidden": "hidden sizes of each flow step's hypernetwork, e.g. 320,320"}
 
+HAMILTONIAN_OPTIONS = {
+    "leapfrog": "hamiltonian: leapfrog steps K along grad log p(x, z)",
+    "tempering": Option("learned", "hamiltonian: none, fixed or learned tempering of the momentum"),
+    "step_size": "hamiltonian: initial per-dimension leapfrog step size (learned)",
+    "beta0": "hamiltonian: initial inverse temperature beta_0 in (0, 1] (fixed tempering keeps it)",
+}
+
 GUIDES = Registry("guide")
 # Every family serves a one-layer model, and the bottom layer of a hierarchical one under
-# bottom-up inference; ``ladder`` marks those the ladder's precision-weighted merge can take.
+# bottom-up inference (but ``hamiltonian``, below); ``ladder`` marks those the ladder's
+# precision-weighted merge can take.
 GUIDES.add("diag", DiagonalGaussian, "mean-field Gaussian N(mu(x), diag sigma(x)^2)",
            reference="Kingma & Welling 2014, arXiv:1312.6114", ladder=True)
 GUIDES.add("full", FullCovariance, "full-covariance Gaussian, Cholesky factor from the encoder",
@@ -42,6 +50,19 @@ GUIDES.add("householder", flows.householder, "diagonal base + K conditional Hous
 GUIDES.add("spline", flows.spline, "diagonal base + K conditional rational-quadratic spline autoregressive flows",
            {**FLOW_OPTIONS, "bins": "spline: bins per dimension", "bound": "spline: half-width of the spline's box"},
            reference="Durkan et al. 2019, arXiv:1906.04032")
+
+
+# ``model_driven``: the guide moves its draws along the model's own log p(x, z) (it is attached to the
+# model once both are built) and serves one-layer models without labels to enumerate.
+GUIDES.add("hamiltonian", hamiltonian.HamiltonianGuide, "diagonal base + K leapfrog steps on the model's log p(x, z), "
+           "learned step sizes and tempering (the Hamiltonian VAE)", HAMILTONIAN_OPTIONS,
+           reference="Caterini et al. 2018, arXiv:1805.11328", model_driven=True)
+
+
+def attach(guide, model) -> None:
+    """Give a guide that follows the model's own density (``hamiltonian``) its model."""
+    if callable(getattr(guide, "attach", None)):
+        guide.attach(model)
 
 
 def check_name(name: str):

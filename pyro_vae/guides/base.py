@@ -56,6 +56,11 @@ class AmortizedGuide(nn.Module):
         with pyro.plate("data", x.shape[0]):
             return pyro.sample(self.site_name, self.dist(x, y))
 
+    def prior_components(self, u: torch.Tensor) -> dist.TorchDistribution:
+        """q(z|u) of inputs ``u`` (K, *obs_shape) as a Gaussian scorable at any z, batch shape (K,):
+        the components of a VampPrior. The Gaussian families give q itself; a flow guide its base."""
+        return self.dist(u)
+
     @torch.no_grad()
     def mean(self, x: torch.Tensor, y=None, samples: int = 1000, chunk: int = 100) -> torch.Tensor:
         """E_q[z|x]; a Monte-Carlo average unless the family knows it in closed form."""
