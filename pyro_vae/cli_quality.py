@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from pathlib import Path
@@ -99,12 +100,10 @@ def assess_run(run_dir, samples=10000, codes=2000, mixture=None, features=None, 
     y_train = data.labels("train", device) if labels else None
     images, y_test, decode, dataset = data, data.labels("test", device) if labels else None, None, data.name
     first = two_stage.first_stage(checkpoint.config, device)
-    if first is not None:
+    if first is not None:  # a second stage: its codes are decoded by the first, compared with its images
         stage, sites, sizes = first
         images, dataset = run_data(stage, data_dir), stage.config.dataset
-
-        def decode(made):
-            return two_stage.decode(stage, sites, sizes, made)
+        decode = functools.partial(two_stage.decode, stage, sites, sizes)
 
     x_test = images.observations("test", device)
     shape = tuple(x_test.shape[1:])

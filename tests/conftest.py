@@ -40,6 +40,16 @@ def _pyro_state():
 
 
 @pytest.fixture
+def f64():
+    """float64 as torch's default dtype for one test (closed forms compared closely), restored after;
+    ``@pytest.mark.usefixtures("f64")``, where a whole module of float64 would not do."""
+    dtype = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(dtype)
+
+
+@pytest.fixture
 def shared_data():
     """The real datasets beside the checkout; tests that need them skip where they are absent."""
     if not SHARED_DATA.is_dir():

@@ -17,15 +17,7 @@ from pyro_vae import contract, guides, objectives, run
 from pyro_vae.config import RunConfig
 from pyro_vae.evaluate import evaluate, per_datapoint
 from pyro_vae.guides.base import DiagonalGaussian
-from pyro_vae.guides.hamiltonian import HamiltonianGuide, inverse_sqrt_betas, leapfrog
-
-
-@pytest.fixture
-def f64():
-    dtype = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(dtype)
+from pyro_vae.guides.hamiltonian import HamiltonianGuide, leapfrog, temperatures
 
 
 def _banana(z):
@@ -59,11 +51,12 @@ def test_each_leapfrog_step_preserves_volume():
 @pytest.mark.usefixtures("f64")
 def test_the_tempering_schedule_and_its_log_determinant():
     beta0, steps, d = torch.tensor(0.3), 4, 3
-    inv = inverse_sqrt_betas(beta0, steps)
-    assert inv[0].item() == pytest.approx(1 / math.sqrt(0.3)) and inv[-1].item() == pytest.approx(1.0)
-    betas = inv.pow(-2)
+    t = temperatures(beta0, steps)
+    assert t[0].item() == pytest.approx(1 / 0.3) and t[-1].item() == pytest.approx(1.0)
+    assert (t[1:] < t[:-1]).all()  # the momentum cools at every step
+    betas = 1 / t
     for k in range(1, steps + 1):
-        J = jacobian(lambda rho: rho * (inv[k] / inv[k - 1]), torch.randn(d))
+        J = jacobian(lambda rho: rho * (t[k] / t[k - 1]).sqrt(), torch.randn(d))
         closed = 0.5 * d * math.log(betas[k - 1] / betas[k])
         assert torch.linalg.slogdet(J)[1].item() == pytest.approx(closed, abs=1e-12)
     # all K steps together: (d / 2) log beta_0, the term that cancels log N(rho_0; 0, I / beta_0)'s
@@ -101,11 +94,22 @@ def test_gradients_reach_the_encoder_the_step_sizes_and_the_tempering():
     loss = objectives.loss_fn("elbo", pair.model, pair.guide)
     (loss(_x(), torch.tensor(1.0)) / 6).backward()
     guide = pair.guide
-    for name, p in (("head", guide.head.weight), ("step sizes", guide.raw_step), ("tempering", guide.log_alpha)):
+    for name, p in (("head", guide.head.weight), ("step sizes", guide.raw_step), ("tempering", guide.raw_beta0)):
         assert p.grad is not None and p.grad.abs().sum() > 0, name
+    free = _pair(leapfrog=3, tempering="free")
+    (objectives.loss_fn("elbo", free.model, free.guide)(_x(), torch.tensor(1.0)) / 6).backward()
+    assert free.guide.raw_alpha.grad.abs().sum() > 0
     fixed = _pair(leapfrog=3, tempering="fixed").guide
-    assert "log_alpha" not in dict(fixed.named_parameters()) and fixed.beta0().item() == pytest.approx(0.5)
+    assert not [n for n, _ in fixed.named_parameters() if "beta0" in n or "alpha" in n]
+    assert fixed.beta0().item() == pytest.approx(0.5, abs=1e-6)
     assert _pair(leapfrog=3, tempering="none").guide.beta0().item() == 1.0
+    assert torch.equal(_pair(leapfrog=3, tempering="none").guide.log_alphas(), torch.zeros(3))
+    # learned and free tempering only cool the momentum, whatever their parameters
+    with torch.no_grad():
+        guide.raw_beta0.fill_(30.0)
+        free.guide.raw_alpha.fill_(30.0)
+    for g in (guide, free.guide):
+        assert (g.log_alphas() <= 0).all() and g.beta0().item() <= 1.0
 
 
 def test_the_default_objective_is_the_monte_carlo_elbo():
@@ -186,7 +190,7 @@ def test_trains_with_every_prior_and_objective(prior, objective):
     (["--guide", "hamiltonian", "--latent-dim", "4,2"], "one latent layer"),
     (["--guide", "hamiltonian", "--model", "m2"], "does not take a label enumerated"),
     (["--guide", "hamiltonian", "--leapfrog", "-1"], "--leapfrog must be a non-negative integer"),
-    (["--guide", "hamiltonian", "--tempering", "hot"], "--tempering must be one of none, fixed, learned"),
+    (["--guide", "hamiltonian", "--tempering", "hot"], "--tempering must be one of none, fixed, learned, free"),
     (["--guide", "hamiltonian", "--step-size", "0"], "--step-size must be a positive number"),
     (["--guide", "hamiltonian", "--beta0", "1.5"], "--beta0 must be in (0, 1]"),
     (["--guide", "hamiltonian", "--objective", "elbo-jit"], "elbo-jit traces the guide once"),

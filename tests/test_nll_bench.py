@@ -92,8 +92,8 @@ def test_the_hamiltonian_cells_stand_beside_the_flows_at_one_budget():
         for c in hamiltonian:
             assert c.id == f"binarized-mnist.mlp400-z40.hamiltonian{c.flows}.elbo1"
             assert c.config(None, "cpu", Path("x")).guide_options == {"leapfrog": c.flows}
-            assert all((c.epochs, c.batch_size, c.lr, c.hidden, c.latent_dim)
-                       == (f.epochs, f.batch_size, f.lr, f.hidden, f.latent_dim) for f in flows)
+            assert all((c.epochs, c.batch_size, c.lr, c.hidden, c.latent_dim, c.test_stride)
+                       == (f.epochs, f.batch_size, f.lr, f.hidden, f.latent_dim, f.test_stride) for f in flows)
 
 
 def test_every_cell_is_in_the_results_with_finite_numbers(smoke):

@@ -14,7 +14,7 @@ from pyro_vae.evaluate import _elements_per_sample
 from pyro_vae.evaluate import evaluate as evaluate_fn
 from pyro_vae.config import RunConfig
 from pyro_vae.guides import GUIDES
-from pyro_vae.priors import PRIORS, MixturePrior, VampPrior
+from pyro_vae.priors import PRIORS, MixturePrior
 
 SHAPE = (1, 8, 8)
 

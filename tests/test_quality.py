@@ -18,15 +18,6 @@ from pyro_vae.config import RunConfig
 from pyro_vae.run import build, load_run
 
 
-@pytest.fixture
-def f64():
-    """Closed forms and brute force are compared in float64 (not the CLI tests: runs train in float32)."""
-    dtype = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(dtype)
-
-
 def _surgery(model, guide, x, **kw):
     return quality.surgery(model, guide, x, generator=torch.Generator().manual_seed(0), **kw)
 

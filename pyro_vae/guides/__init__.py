@@ -21,7 +21,7 @@ FLOW_OPTIONS = {"flows": "number of flow steps K",
 
 HAMILTONIAN_OPTIONS = {
     "leapfrog": "hamiltonian: leapfrog steps K along grad log p(x, z)",
-    "tempering": Option("learned", "hamiltonian: none, fixed or learned tempering of the momentum"),
+    "tempering": Option("learned", "hamiltonian: none, fixed (beta0 held), learned (beta0 learned) or free (every step's cooling learned)"),
     "step_size": "hamiltonian: initial per-dimension leapfrog step size (learned)",
     "beta0": "hamiltonian: initial inverse temperature beta_0 in (0, 1] (fixed tempering keeps it)",
 }
