@@ -334,6 +334,8 @@ def cmd_diagnose(args) -> int:
         khat = [r["khat"] for r in rows]
         print(f"{name:<16} k-hat median {sorted(khat)[len(khat) // 2]:.2f}  max {max(khat):.2f}  "
               f"mean KL gap {sum(r['kl_gap'] for r in rows) / len(rows):.3f} nats")
+    for note in report.get("notes", []):
+        print(f"note: {note}")
     print(f"wrote {args.out}/diagnose.md")
     return 0
 

@@ -222,7 +222,11 @@ def diagnose_guides(model, guides: dict, x: torch.Tensor, y=None, x_all: torch.T
                          "mean_error": float(np.linalg.norm(a.mean(0) - b.mean(0))),
                          "cov_error": float(np.linalg.norm(np.atleast_2d(np.cov(a.T) - np.cov(b.T))))})
     aggregate = {name: aggregate_posterior(guide, x_all, y=y_all) for name, guide in guides.items()}
-    return {"latent_dim": total, "latent_sites": {k: list(v) for k, v in shapes.items()}, "images": images,
+    # a guide on an extended space (the hamiltonian guide's (z, rho)) is weighed by its augmented weights
+    notes = [f"{name}: k-hat, ESS and the KL gap are those of the augmented importance weights "
+             "p(x, z_K) N(rho_K; 0, I) / q(z_K, rho_K|x) of its extended space (z, rho), not of q(z|x) alone"
+             for name, guide in guides.items() if getattr(guide, "extended_space", False)]
+    return {"latent_dim": total, "notes": notes, "latent_sites": {k: list(v) for k, v in shapes.items()}, "images": images,
             "reference": ref_report, "warnings": warn, "iw_samples": iw_samples, "is_samples": is_samples,
             "per_image": rows, "per_dimension": {n: {k: v for k, v in a.items() if k != "samples"}
                                                  for n, a in aggregate.items()},
@@ -297,6 +301,7 @@ def markdown(report: dict) -> str:
     else:
         lines.append(f"Reference: exact draws of p(z|x) from a fine grid ({ref['chains'] * ref['draws']} per image).")
     lines += [f"**Warning:** {w}" for w in report["warnings"]]
+    lines += [f"**Note:** {n}" for n in report.get("notes", [])]
     lines += ["", "## Per image and guide", "",
               f"k-hat: Pareto shape of the importance weights p(x,z)/q(z|x) over {report['is_samples']} draws of q "
               "(Yao et al. 2018). Below 0.5 the weights have finite variance: q covers the posterior and importance "

@@ -199,3 +199,15 @@ def test_refusals_are_one_line(argv, needle, tmp_path, capsys):
     assert needle in user_error(capsys, ["train", "--dataset", "digits", "--epochs", "1", "--out",
                                          str(tmp_path / "run"), *argv])
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_diagnostics_say_their_weights_are_the_extended_spaces():
+    from pyro_vae.diagnose import diagnose_guides, markdown
+
+    torch.manual_seed(0)
+    pair = _pair(leapfrog=1, latent=2)
+    report = diagnose_guides(pair.model, {"hamiltonian": pair.guide}, _x(2), reference="grid", chains=1, draws=50,
+                             iw_samples=50, is_samples=100)
+    assert len(report["notes"]) == 1 and "augmented importance weights" in report["notes"][0]
+    assert "**Note:** hamiltonian: k-hat" in markdown({**report, "dataset": "digits", "model_of": "a test"})
+    assert all(math.isfinite(r["khat"]) for r in report["per_image"])

@@ -83,6 +83,7 @@ class HamiltonianGuide(DiagonalGaussian):
     log p(x, z) (see the module docstring). ``attach(model)`` is called by the model's builder."""
 
     jit_compatible = False  # torch.jit cannot trace the autograd.grad of the leapfrog steps
+    extended_space = True  # its weights are those of (z, rho): diagnostics say so
 
     def __init__(self, encoder: nn.Module, features: int, latent_dim: int, leapfrog: int = 5,
                  tempering: str = "learned", step_size: float = 0.1, beta0: float = 0.5):
