@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ from pathlib import Path
 from .cli_draw import cmd_encode, cmd_sample
 from .cli_quality import add_parsers as add_quality_parsers
 from .cli_quality import cmd_quality, cmd_refit_prior
-from .config import BINARIZE_CHOICES, DEVICE_CHOICES, RunConfig
+from .config import BINARIZE_CHOICES, DEVICE_CHOICES, SEED_MAX, RunConfig, check_seed
 from .data import DATASETS
 from .errors import PyroVAEError
 from .guides import GUIDES
@@ -38,6 +39,14 @@ def _int_list(text: str) -> list[int]:
         return [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def seed_arg(text: str) -> int:
+    """An argparse type: an integer seed numpy and torch accept."""
+    try:
+        return check_seed(int(text))
+    except (ValueError, PyroVAEError):
+        raise argparse.ArgumentTypeError(f"must be an integer from 0 to {SEED_MAX}, got {text!r}") from None
 
 
 def _option_flag(name: str, option, entries: list[str]) -> tuple:
@@ -91,7 +100,7 @@ TRAIN_FLAGS = [
     ("--lr", "lr", dict(type=float)),
     ("--patience", "patience", dict(type=int, help="early stopping: epochs without a better validation ELBO")),
     ("--min-scale", "min_scale", dict(type=float, help="floor of the Gaussian likelihood's scale")),
-    ("--seed", "seed", dict(type=int)),
+    ("--seed", "seed", dict(type=seed_arg)),
     ("--device", "device", dict(choices=DEVICE_CHOICES)),
     ("--out", "out", dict(help="run directory to write")),
 ]
@@ -133,7 +142,7 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--batch-size", type=int, default=100)
     evaluate.add_argument("--data-dir", default=None)
     evaluate.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
-    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--seed", type=seed_arg, default=0)
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
 
     sample = sub.add_parser("sample", help="draw images from the model's prior")
@@ -146,7 +155,7 @@ def _parser() -> argparse.ArgumentParser:
                              "every class, one row per image, the image first")
     sample.add_argument("--data-dir", default=None)
     sample.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
-    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--seed", type=seed_arg, default=0)
 
     compare = sub.add_parser("compare", help="train and evaluate one model per guide, side by side")
     compare.add_argument("--guides", required=True, type=lambda t: [g for g in t.split(",") if g],
@@ -174,7 +183,7 @@ def _parser() -> argparse.ArgumentParser:
     diag.add_argument("--is-samples", type=int, default=2000, help="draws of q behind k-hat and ESS")
     diag.add_argument("--data-dir", default=None)
     diag.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
-    diag.add_argument("--seed", type=int, default=0)
+    diag.add_argument("--seed", type=seed_arg, default=0)
     diag.add_argument("--out", default="runs/diagnose")
 
     encode = sub.add_parser("encode", help="posterior means (or draws) of a dataset as an .npz dataset")
@@ -187,9 +196,9 @@ def _parser() -> argparse.ArgumentParser:
     encode.add_argument("--batch-size", type=int, default=500)
     encode.add_argument("--data-dir", default=None)
     encode.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
-    encode.add_argument("--seed", type=int, default=0)
+    encode.add_argument("--seed", type=seed_arg, default=0)
 
-    add_quality_parsers(sub, DEVICE_CHOICES)
+    add_quality_parsers(sub, DEVICE_CHOICES, seed_arg)
     sub.add_parser("guides", help="list the registered guides")
     return parser
 
@@ -279,8 +288,14 @@ def cmd_evaluate(args) -> int:
     spec = MODELS[checkpoint.config.model]
     x = data.observations(args.split, device)
     labels = data.labels(args.split, device) if spec.conditional else None
-    result = evaluate(checkpoint.pair.model, checkpoint.pair.guide, x, labels, iw_samples=args.iw_samples,
-                      batch_size=args.batch_size)
+    try:
+        result = evaluate(checkpoint.pair.model, checkpoint.pair.guide, x, labels, iw_samples=args.iw_samples,
+                          batch_size=args.batch_size)
+    except ValueError as err:  # torch's check of a distribution's parameters: NaN or Inf from the networks
+        if "Expected parameter" not in str(err):
+            raise
+        raise PyroVAEError(f"the model or guide gives non-finite parameters on the {args.split} split ("
+                           f"{str(err).splitlines()[0][:120]}): a diverged or corrupted checkpoint?; nothing written") from None
     if spec.semi_supervised:  # bounds of log p(x), the label summed out; and the classifier q(y|x)
         from .semisupervised import classification_error
 
@@ -289,12 +304,21 @@ def cmd_evaluate(args) -> int:
         from .evaluate import bits_per_dim
 
         result.update(bits_per_dim(result, data.obs_dim))
+    bad = [k for k in ("elbo", "nll") if not math.isfinite(result[k])]
+    if bad:
+        raise PyroVAEError(f"the {' and the '.join(k.upper() for k in bad)} came out {result[bad[0]]} on the {args.split} "
+                           "split: the model or guide gives a non-finite log-density on these images (a diverged "
+                           "or corrupted checkpoint?); nothing written")
     result = {"run": str(args.run_dir), "split": args.split, "dataset": checkpoint.config.dataset,
               "model": checkpoint.config.model, "guide": checkpoint.config.guide,
               "prior": checkpoint.config.prior, "epoch": checkpoint.train_state.epoch, **result}
     name = "eval.json" if args.split == "test" else f"eval-{args.split}.json"
-    write_text_atomic(Path(args.run_dir) / name, json.dumps(result, indent=2) + "\n")
     print(json.dumps(result) if args.json else format_eval(result))
+    try:  # printed first: a read-only run directory loses nothing
+        write_text_atomic(Path(args.run_dir) / name, json.dumps(result, indent=2) + "\n")
+    except OSError as err:
+        print(f"pyro-vae: error: could not write {Path(args.run_dir) / name}: {err.strerror or err}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -303,6 +327,8 @@ def cmd_compare(args) -> int:
 
     _positive("--iw-samples", args.iw_samples)
     _positive("--images", args.images)
+    if not args.guides:
+        raise PyroVAEError("--guides names no guide; give comma-separated names, e.g. --guides diag,iaf")
     # a 2-D latent by default: it is the one where exact posteriors can be drawn
     config = _train_config(args, **({} if args.latent_dim or args.config else {"latent_dim": 2})).validate()
     table = compare(args.guides, config, args.out, runs=args.runs, iw_samples=args.iw_samples, images=args.images,

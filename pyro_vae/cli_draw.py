@@ -22,6 +22,8 @@ def cmd_sample(args) -> int:
     _positive("-n", args.n)
     if not args.out.lower().endswith(".png"):
         raise PyroVAEError(f"--out must name a .png file, got {args.out}")
+    if Path(args.out).is_dir():
+        raise PyroVAEError(f"--out {args.out} is a directory; name a .png file to write")
     device = resolve_device(args.device)
     checkpoint = load_run(args.run_dir, device)
     from .two_stage import decode, first_stage, sample_codes

@@ -15,7 +15,7 @@ def _positive(name: str, value) -> None:
         raise PyroVAEError(f"{name} must be a positive integer, got {value}")
 
 
-def add_parsers(sub, device_choices) -> None:
+def add_parsers(sub, device_choices, seed_arg) -> None:
     quality = sub.add_parser("quality", help="ELBO surgery, the prior hole, FID / precision / recall of samples")
     quality.add_argument("run_dir")
     quality.add_argument("--samples", type=int, default=10000, help="model samples (and test images) compared")
@@ -29,7 +29,7 @@ def add_parsers(sub, device_choices) -> None:
     quality.add_argument("--batch-size", type=int, default=500)
     quality.add_argument("--data-dir", default=None)
     quality.add_argument("--device", choices=device_choices, default="auto")
-    quality.add_argument("--seed", type=int, default=0)
+    quality.add_argument("--seed", type=seed_arg, default=0)
     quality.add_argument("--json", action="store_true", help="print one JSON object")
 
     from .refit import REFITS
@@ -41,7 +41,7 @@ def add_parsers(sub, device_choices) -> None:
     refit.add_argument("--components", type=int, default=10, help="gmm: mixture components")
     refit.add_argument("--data-dir", default=None)
     refit.add_argument("--device", choices=device_choices, default="auto")
-    refit.add_argument("--seed", type=int, default=0)
+    refit.add_argument("--seed", type=seed_arg, default=0)
 
 
 def _run_features(run_dir: str, shape: tuple, device):

@@ -13,6 +13,18 @@ from .io import write_text_atomic
 
 BINARIZE_CHOICES = ("dynamic", "static", "none")
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
+SEED_MAX = 2**32 - 1  # numpy's and torch's seeds are unsigned 32-bit integers
+
+# fields whose value is a name or a path (a config file may hold anything)
+NAME_FIELDS = ("dataset", "model", "arch", "activation", "inference", "guide", "prior", "out", "device")
+OPTIONAL_NAME_FIELDS = ("data_dir", "binarize", "likelihood", "objective")
+
+
+def check_seed(value, flag: str = "--seed") -> int:
+    """``value`` if it is an integer seed in [0, 2^32 - 1]; :class:`PyroVAEError` otherwise."""
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= SEED_MAX:
+        raise PyroVAEError(f"{flag} must be an integer from 0 to {SEED_MAX}, got {value!r}")
+    return value
 
 
 @dataclass
@@ -81,6 +93,13 @@ class RunConfig:
     def validate(self) -> "RunConfig":
         """Raise :class:`PyroVAEError` on a value no run could use; return self. A one-entry
         ``latent_dim`` list becomes its entry: one stochastic layer is the plain VAE."""
+        for name in NAME_FIELDS + OPTIONAL_NAME_FIELDS:
+            value = getattr(self, name)
+            if not isinstance(value, str) and not (value is None and name in OPTIONAL_NAME_FIELDS):
+                raise PyroVAEError(f"{name} must be a string, got {value!r}")
+        check_seed(self.seed, "seed")
+        if not isinstance(self.download, bool):
+            raise PyroVAEError(f"download must be true or false, got {self.download!r}")
         dims = self.latent_dims
         if not dims or any(not isinstance(d, int) or isinstance(d, bool) or d <= 0 for d in dims):
             raise PyroVAEError("--latent-dim must be a positive integer or a comma-separated list of them (one per "
@@ -94,7 +113,7 @@ class RunConfig:
                     not isinstance(h, int) or isinstance(h, bool) or h <= 0 for h in self.layer_hidden):
                 raise PyroVAEError(f"--layer-hidden must be a comma-separated list of positive integers, got "
                                    f"{self.layer_hidden!r}")
-        for name in ("arch_options", "likelihood_options", "prior_options"):
+        for name in ("guide_options", "arch_options", "likelihood_options", "prior_options"):
             options = getattr(self, name)
             if not isinstance(options, dict) or any(not isinstance(k, str) for k in options):
                 raise PyroVAEError(f"{name} must be a mapping of option names to values, got {options!r}")
@@ -113,11 +132,12 @@ class RunConfig:
                 raise PyroVAEError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
         if not isinstance(self.warmup_epochs, int) or self.warmup_epochs < 0:
             raise PyroVAEError(f"--warmup-epochs must be a non-negative integer, got {self.warmup_epochs!r}")
-        if not self.hidden or any(not isinstance(h, int) or h <= 0 for h in self.hidden):
+        if not isinstance(self.hidden, list) or not self.hidden or any(
+                not isinstance(h, int) or isinstance(h, bool) or h <= 0 for h in self.hidden):
             raise PyroVAEError(f"--hidden must be a comma-separated list of positive integers, got {self.hidden!r}")
         for name in ("beta", "lr", "min_scale"):
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
                 raise PyroVAEError(f"--{name.replace('_', '-')} must be a positive finite number, got {value!r}")
         if self.classes is not None and (not isinstance(self.classes, int) or isinstance(self.classes, bool)
                                          or self.classes < 2):

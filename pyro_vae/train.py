@@ -117,6 +117,9 @@ def fit(config: RunConfig, resume: bool = False, progress: bool | None = None, e
     run_dir = Path(config.out)
     checkpoint = None
     if resume:
+        # a process killed while writing a checkpoint leaves its temporary file (io.atomic_path)
+        for stale in run_dir.glob(".*.tmp") if run_dir.is_dir() else ():
+            stale.unlink(missing_ok=True)
         checkpoint = load_checkpoint(run_dir / LAST)
         if checkpoint.config.distributed != config.distributed:
             how = "with" if checkpoint.config.distributed else "without"
