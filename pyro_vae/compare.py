@@ -32,13 +32,17 @@ def _train_or_load(names: list[str], base: RunConfig, out: Path, runs: list[str]
     if runs:
         if len(runs) != len(names):
             raise PyroVAEError(f"--runs gives {len(runs)} directories for {len(names)} guides")
+        for name, run_dir in zip(names, runs):  # a table must not publish one guide's run under another's name
+            trained = load_run(run_dir).config.guide
+            if trained != name:
+                raise PyroVAEError(f"--runs: {run_dir} was trained with --guide {trained}, not {name}")
         return dict(zip(names, runs))
-    dirs = {}
-    for name in names:
+    configs = {}
+    for name in names:  # every guide's options checked before any is trained
         options = {k: v for k, v in base.guide_options.items() if k in guides_mod.GUIDES[name].options()}
-        config = dataclasses.replace(base, guide=name, guide_options=options, out=str(out / "runs" / name))
-        dirs[name] = str(fit(config, progress=progress))
-    return dirs
+        guides_mod.check_options(name, options)
+        configs[name] = dataclasses.replace(base, guide=name, guide_options=options, out=str(out / "runs" / name))
+    return {name: str(fit(config, progress=progress)) for name, config in configs.items()}
 
 
 def compare(names: list[str], base: RunConfig, out: str | Path, runs: list[str] | None = None,

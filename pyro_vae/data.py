@@ -12,7 +12,6 @@ checked, in :mod:`pyro_vae.datasets_images`.
 from __future__ import annotations
 
 import os
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -250,8 +249,12 @@ def load_array_file(path: Path) -> Raw:
         else:
             with loaded:
                 arrays = {k: loaded[k] for k in loaded.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:  # truncated or foreign files
-        raise PyroVAEError(f"cannot read {path} as .npz/.npy: {err}") from None
+    except Exception as err:  # noqa: BLE001  numpy raises many types for truncated, corrupt or foreign files
+        # (zlib.error for a broken deflate stream, tokenize.TokenError for a broken header, ...)
+        if "pickled" in str(err):
+            raise PyroVAEError(f"cannot read {path}: it is not a .npz/.npy file of arrays (numpy finds pickled "
+                               "objects, or text, in it; the suite never loads pickles)") from None
+        raise PyroVAEError(f"cannot read {path} as .npz/.npy: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'corrupt file'}") from None
     if "x" not in arrays:
         raise PyroVAEError(f"{path} has no array 'x' (found: {', '.join(sorted(arrays)) or 'nothing'})")
     x, y = arrays["x"], arrays.get("y")

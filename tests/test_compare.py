@@ -91,7 +91,7 @@ def test_compare_bad_input(capsys, tmp_path, compared):
 
 def test_compare_refuses_runs_of_different_latent_sizes(capsys, tmp_path, compared):
     other = tmp_path / "other"
-    assert main(["train", *TINY, "--latent-dim", "3", "--epochs", "1", "--out", str(other)]) == 0
+    assert main(["train", *TINY, "--latent-dim", "3", "--guide", "full", "--epochs", "1", "--out", str(other)]) == 0
     message = _error(capsys, ["compare", "--guides", "diag,full", "--runs", f"{compared / 'runs' / 'diag'},{other}",
                               "--out", str(tmp_path / "out")])
     assert "latent size" in message

@@ -97,3 +97,37 @@ def test_resume_removes_stale_temporary_files(tmp_path):
     stale.write_bytes(b"")  # what a SIGKILL during a checkpoint write leaves
     assert main(["train", "--resume", "--out", str(out), "--epochs", "2", "--quiet"]) == 0
     assert not stale.exists() and not list(out.glob(".*.tmp"))
+
+
+def test_files_that_are_not_arrays(tmp_path, capsys):
+    text = tmp_path / "notes.npz"
+    text.write_text("hello world")
+    line = user_error(capsys, ["train", "--dataset", str(text), "--epochs", "1", "--out", str(tmp_path / "a")])
+    assert "is not a .npz/.npy file of arrays" in line and "allow_pickle" not in line
+    import numpy as np
+
+    packed = tmp_path / "packed.npz"
+    np.savez_compressed(packed, x=np.random.default_rng(0).random((300, 4)).astype("float32"))
+    data = bytearray(packed.read_bytes())
+    for i in range(200, 260):  # break the deflate stream and the header inside it
+        data[i] ^= 0xFF
+    packed.write_bytes(bytes(data))
+    line = user_error(capsys, ["train", "--dataset", str(packed), "--likelihood", "gaussian", "--epochs", "1",
+                               "--out", str(tmp_path / "b")])
+    assert line.startswith(f"pyro-vae: error: cannot read {packed}")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--guides", "diag,iaf", "--flows", "0"], "--flows must be a positive integer"),
+    (["--guides", "diag,hamiltonian", "--leapfrog", "-2"], "--leapfrog must be a non-negative integer"),
+])
+def test_compare_checks_every_guides_options_before_training(tmp_path, capsys, argv, needle):
+    out = tmp_path / "cmp"
+    assert needle in user_error(capsys, ["compare", *argv, "--epochs", "1", "--out", str(out)])
+    assert not (out / "runs").exists()  # not even the first guide was trained
+
+
+def test_compare_runs_must_be_of_the_guides_they_stand_for(run, tmp_path, capsys):
+    line = user_error(capsys, ["compare", "--guides", "iaf", "--runs", str(run), "--out", str(tmp_path / "c")])
+    assert f"{run} was trained with --guide diag, not iaf" in line

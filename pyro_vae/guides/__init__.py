@@ -71,6 +71,8 @@ def check_name(name: str):
 
 def check_options(name: str, options: dict) -> None:
     GUIDES.check_options(name, options)
+    if GUIDES[name].meta.get("model_driven"):
+        hamiltonian.check_options(**options)
     if "flows" in options and (not isinstance(options["flows"], int) or isinstance(options["flows"], bool)
                                or options["flows"] <= 0):
         raise PyroVAEError(f"--flows must be a positive integer, got {options['flows']!r}")

@@ -54,6 +54,18 @@ from .base import AmortizedGuide, DiagonalGaussian
 TEMPERING = ("none", "fixed", "learned", "free")
 
 
+def check_options(leapfrog=5, tempering="learned", step_size=0.1, beta0=0.5, **_) -> None:
+    """Raise :class:`PyroVAEError` on option values the guide cannot take (before anything is trained)."""
+    if tempering not in TEMPERING:
+        raise PyroVAEError(f"--tempering must be one of {', '.join(TEMPERING)}, got {tempering!r}")
+    if not isinstance(leapfrog, int) or isinstance(leapfrog, bool) or leapfrog < 0:
+        raise PyroVAEError(f"--leapfrog must be a non-negative integer, got {leapfrog!r}")
+    if isinstance(step_size, bool) or not (isinstance(step_size, (int, float)) and 0 < step_size < math.inf):
+        raise PyroVAEError(f"--step-size must be a positive number, got {step_size!r}")
+    if isinstance(beta0, bool) or not (isinstance(beta0, (int, float)) and 0 < beta0 <= 1):
+        raise PyroVAEError(f"--beta0 must be in (0, 1], got {beta0!r}")
+
+
 def leapfrog(z: torch.Tensor, rho: torch.Tensor, eps: torch.Tensor, grad, g: torch.Tensor | None = None):
     """One leapfrog step of the Hamiltonian log p(z) - |rho|^2 / 2 with per-dimension step ``eps``;
     ``grad(z)`` is grad_z log p, ``g`` its value at ``z`` when known. Returns (z, rho, grad at the
@@ -88,14 +100,7 @@ class HamiltonianGuide(DiagonalGaussian):
     def __init__(self, encoder: nn.Module, features: int, latent_dim: int, leapfrog: int = 5,
                  tempering: str = "learned", step_size: float = 0.1, beta0: float = 0.5):
         super().__init__(encoder, features, latent_dim)
-        if tempering not in TEMPERING:
-            raise PyroVAEError(f"--tempering must be one of {', '.join(TEMPERING)}, got {tempering!r}")
-        if not isinstance(leapfrog, int) or isinstance(leapfrog, bool) or leapfrog < 0:
-            raise PyroVAEError(f"--leapfrog must be a non-negative integer, got {leapfrog!r}")
-        if not (isinstance(step_size, (int, float)) and 0 < step_size < math.inf):
-            raise PyroVAEError(f"--step-size must be a positive number, got {step_size!r}")
-        if not (isinstance(beta0, (int, float)) and 0 < beta0 <= 1):
-            raise PyroVAEError(f"--beta0 must be in (0, 1], got {beta0!r}")
+        check_options(leapfrog, tempering, step_size, beta0)
         self.steps, self.tempering = leapfrog, tempering
         # softplus^-1 of the initial step size, one per step and dimension
         self.raw_step = nn.Parameter(torch.full((max(leapfrog, 1), latent_dim), math.log(math.expm1(step_size))))
