@@ -10,6 +10,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -408,6 +409,15 @@ def _main(argv: list[str] | None) -> int:
     except KeyboardInterrupt:
         print("pyro-vae: interrupted", file=sys.stderr)
         return 130
+    except (MemoryError, RuntimeError) as err:  # sizes too large to allocate: the user's to lower
+        text = str(err)
+        if not isinstance(err, MemoryError) and "allocate" not in text and "out of memory" not in text:
+            raise
+        asked = re.search(r"allocate (\d+) bytes", text)
+        size = f" ({int(asked.group(1)) / 2**30:,.1f} GiB asked for)" if asked else ""
+        print(f"pyro-vae: error: out of memory{size}: lower the sizes given (--hidden, --latent-dim, -n, "
+              "--batch-size, --iw-samples)", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -7,6 +7,9 @@ from pathlib import Path
 from .errors import PyroVAEError
 
 
+MAX_GRID = 10_000  # images in one sample grid (a 100 x 100 grid of MNIST is 2800 x 2800 pixels)
+
+
 def _positive(name: str, value: int) -> None:
     if value <= 0:
         raise PyroVAEError(f"{name} must be a positive integer, got {value}")
@@ -20,6 +23,8 @@ def cmd_sample(args) -> int:
     from .run import load_run, resolve_device
 
     _positive("-n", args.n)
+    if args.n > MAX_GRID:
+        raise PyroVAEError(f"-n {args.n} asks for more images than a grid can show; at most {MAX_GRID:,}")
     if not args.out.lower().endswith(".png"):
         raise PyroVAEError(f"--out must name a .png file, got {args.out}")
     if Path(args.out).is_dir():

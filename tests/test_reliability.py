@@ -131,3 +131,11 @@ def test_compare_checks_every_guides_options_before_training(tmp_path, capsys, a
 def test_compare_runs_must_be_of_the_guides_they_stand_for(run, tmp_path, capsys):
     line = user_error(capsys, ["compare", "--guides", "iaf", "--runs", str(run), "--out", str(tmp_path / "c")])
     assert f"{run} was trained with --guide diag, not iaf" in line
+
+
+def test_sizes_too_large_to_allocate(run, tmp_path, capsys):
+    line = user_error(capsys, ["train", "--dataset", "digits", "--hidden", "1000000,1000000", "--epochs", "1",
+                               "--out", str(tmp_path / "huge")])
+    assert line.startswith("pyro-vae: error: out of memory (") and "GiB asked for" in line
+    assert "at most 10,000" in user_error(capsys, ["sample", str(run), "-n", "1000000000000",
+                                                   "--out", str(tmp_path / "s.png")])
