@@ -209,7 +209,7 @@ lesson.figure(plots.posterior_panels(pairs, x_test[:4], OUT / "posteriors.png"))
 #
 # It is the dearest guide per step: one draw costs K+1 gradients of log p(x, z) through the
 # decoder, and training backpropagates through those gradients (a second-order backward), so a
-# training step costs many diagonal steps (on an MLP, about 15 at K = 5); the "trained in" lines
+# training step costs many diagonal steps (on an MLP, about 6 at K = 5); the "trained in" lines
 # above show the ratio at this size, where small networks spend much of a step on overheads.
 # Every importance sample of the evaluation runs the dynamics too.
 #
