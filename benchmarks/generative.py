@@ -246,7 +246,8 @@ def _quality(run_dir: Path, spec: Tier, device) -> tuple[dict, float]:
     result = assess_run(run_dir, samples=spec.samples, codes=spec.codes, mixture=spec.mixture, device=device.type,
                         seed=spec.seed)
     write_text_atomic(run_dir / "quality.json", json.dumps(result, indent=2) + "\n")
-    return result, time.perf_counter() - started
+    # the results line names the run (and a second stage's codes) by file name: no path of the measuring machine
+    return {**result, "run": run_dir.name, "dataset": Path(result["dataset"]).name}, time.perf_counter() - started
 
 
 def _facts(device, load_before: float, cpu_before: float, wall_before: float) -> dict:
@@ -279,7 +280,7 @@ def _base_record(spec: Tier, tier: str, row: Row, run_dir: Path, checkpoint) -> 
     return {"id": row.id, "kind": row.kind, "tier": tier, "what": row.what, "prior": checkpoint.config.prior,
             "prior_options": checkpoint.config.prior_options, "source": row.source,
             "row": dataclasses.asdict(row), "budget": None if row.budget is None else dataclasses.asdict(row.budget),
-            "dataset": spec.dataset, "binarize": spec.binarize, "run": str(run_dir),
+            "dataset": spec.dataset, "binarize": spec.binarize, "run": run_dir.name,
             "objective": checkpoint.config.objective,
             "parameters": sum(p.numel() for p in checkpoint.pair.parameters()),
             "published": table.published(spec, row)}
@@ -323,7 +324,7 @@ def run_refit(spec: Tier, tier: str, row: Row, device, work: Path, data_dir) -> 
     q, quality_seconds = _quality(run_dir, spec, device)
     return {**_base_record(spec, tier, row, run_dir, checkpoint),
             "test": {"split": "test", "n": bounds["n"], "stride": spec.test_stride}, **bounds, "quality": q,
-            "refit": fitted, "epochs": None, "best_epoch": None, "seconds_per_epoch": None, "train_seconds": None,
+            "refit": {**fitted, "source_run": Path(fitted["source_run"]).name}, "epochs": None, "best_epoch": None, "seconds_per_epoch": None, "train_seconds": None,
             "own_seconds": fit_seconds, "source_train_seconds": source_seconds, "eval_seconds": eval_seconds,
             "quality_seconds": quality_seconds, "resumed": False}
 
@@ -393,7 +394,7 @@ def run_two_stage(spec: Tier, tier: str, row: Row, device, work: Path, data_dir)
             "nll": None, "nll_se": None, "neg_elbo": None, "neg_elbo_se": None, "iw_samples": None,
             "nll_na": table.TWO_STAGE_NLL, "active_units": code_space["active_units"],
             "latent_dim": code_space["latent_dim"], "code_space": code_space, "quality": q, "composite_hole": hole,
-            "codes": {"path": str(codes), "what": "posterior", "rows": int(arrays["x"].shape[0]),
+            "codes": {"path": codes.name, "what": "posterior", "rows": int(arrays["x"].shape[0]),
                       "dims": int(arrays["x"].shape[1]), "seconds": encode_seconds, "written": written},
             **training, "own_seconds": encode_seconds + training["train_seconds"],
             "source_train_seconds": source_seconds, "fit_seconds": fit_seconds, "eval_seconds": eval_seconds,
@@ -434,8 +435,24 @@ def parse(argv) -> argparse.Namespace:
     throughput.work_arguments(parser, "run directories (default runs/bench/generative-<tier>)",
                               "torch intra-op threads (default: the tier's)")
     args = throughput.check_arguments(parser.parse_args(argv), TIERS)
-    args.command = shlex.join(["python", "benchmarks/generative.py", *(sys.argv[1:] if argv is None else argv)])
+    args.command = portable_command(sys.argv[1:] if argv is None else argv)
     return args
+
+
+# flags whose values are folders of the measuring machine: the results name them, not their paths
+FOLDER_FLAGS = {"--data-dir": "DATA", "--work": "WORK", "--out": "OUT", "--results": "OUT"}
+
+
+def portable_command(argv: list[str]) -> str:
+    """The command line as the results record it: folder arguments replaced by their names."""
+    words, args = ["python", "benchmarks/generative.py"], list(argv)
+    for i, word in enumerate(args):
+        flag, eq, _ = word.partition("=")
+        if flag in FOLDER_FLAGS and eq:
+            args[i] = f"{flag}={FOLDER_FLAGS[flag]}"
+        elif i > 0 and args[i - 1] in FOLDER_FLAGS:
+            args[i] = FOLDER_FLAGS[args[i - 1]]
+    return shlex.join(words + args)
 
 
 def _summary(record: dict) -> str:

@@ -195,7 +195,7 @@ def _read(path: Path, device, sha256: str) -> tuple[FeatureNet, dict]:
     info = {"name": str(saved["name"]), "version": str(saved["name"]), "sha256": sha256,
             "feature_dim": net.feature_dim, "obs_shape": tuple(shape), "classes": classes,
             "test_accuracy": float(saved["test_accuracy"]), "seed": saved["seed"], "torch": saved["torch"],
-            "trained_on": saved["trained_on"], "path": str(path)}
+            "trained_on": saved["trained_on"]}
     if "test_accuracy_binarized" in saved:
         info["test_accuracy_binarized"] = float(saved["test_accuracy_binarized"])
     return net, info
