@@ -92,16 +92,20 @@ def site_terms(model, guide, x: torch.Tensor, y=None, particles: int | None = No
     Returns ``log_lik`` (the observed sites' log-densities summed) and ``latent`` (site name ->
     (log p, log q) of that latent site), each log-density of shape (particles, N), or (N,)
     without particles; ``enumerated``, the names of the guide's enumerated sites, whose values
-    add dimensions on the left of those (one per site, broadcastable).
+    add dimensions on the left of those (one per site, broadcastable); ``values``, the guide's draw
+    of each latent site, and ``discrete``, the latent sites of discrete support.
     """
     guide_trace, model_trace = traces(model, guide, x, y, particles)
     shape = ((particles,) if particles is not None else ()) + (x.shape[0],)
     enumerated = [s["name"] for s in sample_sites(guide_trace) if not s["is_observed"] and is_enumerated(s)]
-    log_q = {}
+    log_q, values, discrete = {}, {}, []
     for site in sample_sites(guide_trace):
         if site["is_observed"]:
             continue
         log_q[site["name"]] = _per_datapoint(site, site["fn"].log_prob(site["value"]), shape, len(enumerated))
+        values[site["name"]] = site["value"]
+        if site["fn"].support.is_discrete:
+            discrete.append(site["name"])
     log_lik, latent = 0.0, {}
     for site in sample_sites(model_trace):
         log_prob = _per_datapoint(site, site["fn"].log_prob(site["value"]), shape, len(enumerated))
@@ -114,7 +118,7 @@ def site_terms(model, guide, x: torch.Tensor, y=None, particles: int | None = No
     missing = sorted(set(log_q) - set(latent))
     if missing:
         raise PyroVAEError(f"guide sites {', '.join(map(repr, missing))} have no latent site of that name in the model")
-    return {"log_lik": log_lik, "latent": latent, "enumerated": enumerated}
+    return {"log_lik": log_lik, "latent": latent, "enumerated": enumerated, "values": values, "discrete": discrete}
 
 
 @torch.no_grad()

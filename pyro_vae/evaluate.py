@@ -164,7 +164,8 @@ def per_datapoint(model, guide, x: torch.Tensor, samples: int, max_elements: int
             "kl_sites": {name: v / samples for name, v in kl_sites.items()}}
 
 
-def _mean_se(values: torch.Tensor) -> tuple[float, float]:
+def mean_se(values: torch.Tensor) -> tuple[float, float]:
+    """The mean of ``values`` and its standard error (nan for a single value)."""
     n = values.numel()
     se = values.std(unbiased=True).item() / math.sqrt(n) if n > 1 else float("nan")
     return values.mean().item(), se
@@ -233,8 +234,8 @@ def evaluate(model, guide, x: torch.Tensor, y=None, iw_samples: int = 5000, batc
         for m, mode in zip(modules, modes):
             m.train(mode)
     per = {key: torch.cat([p[key] for p in parts]) for key in ("log_px", "elbo", "recon", "kl")}
-    elbo, elbo_se = _mean_se(per["elbo"])
-    log_px, log_px_se = _mean_se(per["log_px"])
+    elbo, elbo_se = mean_se(per["elbo"])
+    log_px, log_px_se = mean_se(per["log_px"])
     kl_sites = {name: torch.cat([p["kl_sites"][name] for p in parts]).mean().item() for name in parts[0]["kl_sites"]}
     return {
         "elbo": elbo, "elbo_se": elbo_se,

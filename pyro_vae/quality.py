@@ -39,6 +39,7 @@ import torch
 
 from . import contract
 from .errors import PyroVAEError
+from .evaluate import mean_se
 
 HOLE_PERCENTILE = 0.01
 DEFAULT_SAMPLES = 10000
@@ -53,21 +54,13 @@ def _rows(y, idx):
 def code_terms(model, guide, x: torch.Tensor, y=None) -> tuple[dict, torch.Tensor, torch.Tensor]:
     """One draw z ~ q(z|x) per row: (site -> values (N, *event), log q(z|x) (N,), log p(z) (N,)),
     the densities summed over the latent sites."""
-    guide_trace, model_trace = contract.traces(model, guide, x, y)
-    shape = (x.shape[0],)
-    values, log_q, log_p = {}, 0.0, 0.0
-    for site in contract.sample_sites(guide_trace):
-        if site["is_observed"]:
-            continue
-        if contract.is_enumerated(site) or site["fn"].support.is_discrete:
-            raise PyroVAEError(f"the guide's site {site['name']!r} is discrete; the aggregate posterior here is "
-                               "over continuous codes (give the labels, or marginalize the site in the guide)")
-        values[site["name"]] = site["value"]
-        log_q = log_q + contract._per_datapoint(site, site["fn"].log_prob(site["value"]), shape)
-    for site in contract.sample_sites(model_trace):
-        if not site["is_observed"]:
-            log_p = log_p + contract._per_datapoint(site, site["fn"].log_prob(site["value"]), shape)
-    return values, log_q, log_p
+    terms = contract.site_terms(model, guide, x, y)
+    discrete = terms["enumerated"] + [n for n in terms["discrete"] if n not in terms["enumerated"]]
+    if discrete:
+        raise PyroVAEError(f"the guide's site {discrete[0]!r} is discrete; the aggregate posterior here is "
+                           "over continuous codes (give the labels, or marginalize the site in the guide)")
+    latent = terms["latent"].values()
+    return terms["values"], sum(q for _, q in latent), sum(p for p, _ in latent)
 
 
 def diagonal_log_prob_matrix(guide, x: torch.Tensor, values: dict, y=None) -> torch.Tensor | None:
@@ -115,11 +108,6 @@ def aggregate_log_sum(guide, x: torch.Tensor, values: dict, y=None, exclude: tor
     return total
 
 
-def _mean_se(values: torch.Tensor) -> tuple[float, float]:
-    n = values.numel()
-    return values.mean().item(), (values.std(unbiased=True).item() / math.sqrt(n) if n > 1 else float("nan"))
-
-
 def _codes(model, guide, x, y, idx, batch_size):
     parts = [code_terms(model, guide, x[idx[i:i + batch_size]], _rows(y, idx[i:i + batch_size]))
              for i in range(0, len(idx), batch_size)]
@@ -145,11 +133,11 @@ def surgery(model, guide, x: torch.Tensor, y=None, codes: int = DEFAULT_CODES, m
     values, log_q_self, log_p = _codes(model, guide, x, y, mix[drawn], batch_size)
     others = aggregate_log_sum(guide, x[mix], values, _rows(y, mix), exclude=drawn)
     own = log_q_self - math.log(n)
-    log_q_hat = own if m == 1 else torch.logaddexp(own, others + math.log((n - 1) / (n * (m - 1))))
+    log_q_hat = torch.logaddexp(own, others + math.log((n - 1) / (n * (m - 1))))
     mi, marginal, kl = log_q_self - log_q_hat, log_q_hat - log_p, log_q_self - log_p
     out = {"codes": int(drawn.numel()), "mixture_images": m, "train_images": n, "exact_mixture": m == n}
     for key, v in (("mutual_information", mi), ("marginal_kl", marginal), ("kl", kl)):
-        out[key], out[key + "_se"] = _mean_se(v)
+        out[key], out[key + "_se"] = mean_se(v)
     out["log_q_codes"], out["mixture_rows"] = log_q_hat, mix
     return out
 

@@ -101,6 +101,11 @@ class DiagonalGaussian(AmortizedGuide):
         loc, scale = self.loc_scale(x, y)
         return dist.Normal(loc, scale).to_event(1)
 
+    def prior_components(self, u):
+        # this guide's own Gaussian, also where a subclass moves its draws further (a flow, the
+        # hamiltonian dynamics): their density at arbitrary z needs an inverse (see priors.VampPrior)
+        return DiagonalGaussian.dist(self, u)
+
     @torch.no_grad()
     def mean(self, x, y=None, samples: int = 0):
         return self.loc_scale(x, y)[0]

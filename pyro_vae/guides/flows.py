@@ -169,10 +169,6 @@ class FlowGuide(DiagonalGaussian):
         base, transforms = self.base_and_transforms(x, y)
         return dist.TransformedDistribution(base, transforms)
 
-    def prior_components(self, u):
-        # the base: the flow's own density at arbitrary z needs its inverse (see priors.VampPrior)
-        return DiagonalGaussian.dist(self, u)
-
     # the base's closed forms do not hold after the flow
     mean = AmortizedGuide.mean
     moments = AmortizedGuide.moments

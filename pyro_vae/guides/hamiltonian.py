@@ -85,7 +85,6 @@ def temperatures(beta0: torch.Tensor, steps: int) -> torch.Tensor:
     return (1 - start) * (k / steps) ** 2 + start
 
 
-
 def _logit(p: float) -> float:
     return math.log(p / (1 - p))
 
@@ -190,9 +189,6 @@ class HamiltonianGuide(DiagonalGaussian):
         z, log_q = self.draw(x, y, torch.Size(shape))
         with pyro.plate("data", x.shape[0]):
             return pyro.sample(self.site_name, dist.Delta(z, log_density=log_q, event_dim=1))
-
-    def prior_components(self, u):
-        return DiagonalGaussian.dist(self, u)
 
     # the closed forms of the base do not hold after the dynamics
     mean = AmortizedGuide.mean
