@@ -14,15 +14,14 @@ import re
 import sys
 from pathlib import Path
 
-from .cli_draw import cmd_encode, cmd_sample
+from .cli_draw import cmd_encode, cmd_sample, positive, print_then_write, seed_arg
 from .cli_quality import add_parsers as add_quality_parsers
 from .cli_quality import cmd_quality, cmd_refit_prior
-from .config import BINARIZE_CHOICES, DEVICE_CHOICES, SEED_MAX, RunConfig, check_seed
+from .config import BINARIZE_CHOICES, DEVICE_CHOICES, RunConfig
 from .data import DATASETS
 from .errors import PyroVAEError
 from .guides import GUIDES
 from .hierarchical import INFERENCE
-from .io import write_text_atomic
 from .likelihoods import LIKELIHOODS
 from .models import MODELS
 from .nets import ACTIVATIONS, ARCHITECTURES
@@ -40,14 +39,6 @@ def _int_list(text: str) -> list[int]:
         return [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-
-
-def seed_arg(text: str) -> int:
-    """An argparse type: an integer seed numpy and torch accept."""
-    try:
-        return check_seed(int(text))
-    except (ValueError, PyroVAEError):
-        raise argparse.ArgumentTypeError(f"must be an integer from 0 to {SEED_MAX}, got {text!r}") from None
 
 
 def _option_flag(name: str, option, entries: list[str]) -> tuple:
@@ -199,7 +190,7 @@ def _parser() -> argparse.ArgumentParser:
     encode.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
     encode.add_argument("--seed", type=seed_arg, default=0)
 
-    add_quality_parsers(sub, DEVICE_CHOICES, seed_arg)
+    add_quality_parsers(sub)
     sub.add_parser("guides", help="list the registered guides")
     return parser
 
@@ -241,11 +232,6 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _positive(name: str, value: int) -> None:
-    if value <= 0:
-        raise PyroVAEError(f"{name} must be a positive integer, got {value}")
-
-
 def _conditional(result: dict) -> bool:
     spec = MODELS.get(result.get("model", "vae"))
     return spec is not None and spec.conditional
@@ -281,8 +267,8 @@ def cmd_evaluate(args) -> int:
     from .evaluate import evaluate
     from .run import load_run_and_data, resolve_device
 
-    _positive("--iw-samples", args.iw_samples)
-    _positive("--batch-size", args.batch_size)
+    positive("--iw-samples", args.iw_samples)
+    positive("--batch-size", args.batch_size)
     device = resolve_device(args.device)
     checkpoint, data = load_run_and_data(args.run_dir, device, args.data_dir)
     pyro.set_rng_seed(args.seed)
@@ -314,20 +300,14 @@ def cmd_evaluate(args) -> int:
               "model": checkpoint.config.model, "guide": checkpoint.config.guide,
               "prior": checkpoint.config.prior, "epoch": checkpoint.train_state.epoch, **result}
     name = "eval.json" if args.split == "test" else f"eval-{args.split}.json"
-    print(json.dumps(result) if args.json else format_eval(result))
-    try:  # printed first: a read-only run directory loses nothing
-        write_text_atomic(Path(args.run_dir) / name, json.dumps(result, indent=2) + "\n")
-    except OSError as err:
-        print(f"pyro-vae: error: could not write {Path(args.run_dir) / name}: {err.strerror or err}", file=sys.stderr)
-        return 2
-    return 0
+    return print_then_write(Path(args.run_dir) / name, result, json.dumps(result) if args.json else format_eval(result))
 
 
 def cmd_compare(args) -> int:
     from .compare import compare
 
-    _positive("--iw-samples", args.iw_samples)
-    _positive("--images", args.images)
+    positive("--iw-samples", args.iw_samples)
+    positive("--images", args.images)
     if not args.guides:
         raise PyroVAEError("--guides names no guide; give comma-separated names, e.g. --guides diag,iaf")
     # a 2-D latent by default: it is the one where exact posteriors can be drawn

@@ -1,18 +1,44 @@
-"""``pyro-vae sample`` and ``pyro-vae encode``: commands that draw from a trained run."""
+"""``pyro-vae sample`` and ``pyro-vae encode``: commands that draw from a trained run; and the
+argument checks and result writing every command module shares."""
 
 from __future__ import annotations
 
+import argparse
+import json
+import sys
 from pathlib import Path
 
+from .config import SEED_MAX, check_seed
 from .errors import PyroVAEError
-
 
 MAX_GRID = 10_000  # images in one sample grid (a 100 x 100 grid of MNIST is 2800 x 2800 pixels)
 
 
-def _positive(name: str, value: int) -> None:
+def positive(name: str, value: int) -> None:
     if value <= 0:
         raise PyroVAEError(f"{name} must be a positive integer, got {value}")
+
+
+def seed_arg(text: str) -> int:
+    """An argparse type: an integer seed numpy and torch accept."""
+    try:
+        return check_seed(int(text))
+    except (ValueError, PyroVAEError):
+        raise argparse.ArgumentTypeError(f"must be an integer from 0 to {SEED_MAX}, got {text!r}") from None
+
+
+def print_then_write(path: Path, result: dict, text: str) -> int:
+    """Print ``text`` (the result), then write ``result`` as JSON at ``path``: a run directory that
+    cannot be written loses nothing. Returns the exit code: 2, with one line, when the write fails."""
+    from .io import write_text_atomic
+
+    print(text)
+    try:
+        write_text_atomic(path, json.dumps(result, indent=2) + "\n")
+    except OSError as err:
+        print(f"pyro-vae: error: could not write {path}: {err.strerror or err}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def cmd_sample(args) -> int:
@@ -22,7 +48,7 @@ def cmd_sample(args) -> int:
     from .plots import image_grid, is_image
     from .run import load_run, resolve_device
 
-    _positive("-n", args.n)
+    positive("-n", args.n)
     if args.n > MAX_GRID:
         raise PyroVAEError(f"-n {args.n} asks for more images than a grid can show; at most {MAX_GRID:,}")
     if not args.out.lower().endswith(".png"):
@@ -92,7 +118,7 @@ def cmd_encode(args) -> int:
     from .data import SPLITS
     from .run import load_run_and_data, resolve_device
 
-    _positive("--batch-size", args.batch_size)
+    positive("--batch-size", args.batch_size)
     if not args.out.endswith(".npz"):
         raise PyroVAEError(f"--out must name a .npz file, got {args.out}")
     device = resolve_device(args.device)

@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import functools
 import json
-import sys
 from pathlib import Path
 
+from .cli_draw import positive, print_then_write, seed_arg
+from .config import DEVICE_CHOICES
 from .errors import PyroVAEError
 
 
-def _positive(name: str, value) -> None:
-    if value is not None and value <= 0:
-        raise PyroVAEError(f"{name} must be a positive integer, got {value}")
-
-
-def add_parsers(sub, device_choices, seed_arg) -> None:
+def add_parsers(sub) -> None:
     quality = sub.add_parser("quality", help="ELBO surgery, the prior hole, FID / precision / recall of samples")
     quality.add_argument("run_dir")
     quality.add_argument("--samples", type=int, default=10000, help="model samples (and test images) compared")
@@ -28,7 +24,7 @@ def add_parsers(sub, device_choices, seed_arg) -> None:
                               "directory (its posterior means); default: the dataset's shipped network")
     quality.add_argument("--batch-size", type=int, default=500)
     quality.add_argument("--data-dir", default=None)
-    quality.add_argument("--device", choices=device_choices, default="auto")
+    quality.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
     quality.add_argument("--seed", type=seed_arg, default=0)
     quality.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -40,7 +36,7 @@ def add_parsers(sub, device_choices, seed_arg) -> None:
     refit.add_argument("--out", required=True, help="the new run directory")
     refit.add_argument("--components", type=int, default=10, help="gmm: mixture components")
     refit.add_argument("--data-dir", default=None)
-    refit.add_argument("--device", choices=device_choices, default="auto")
+    refit.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
     refit.add_argument("--seed", type=seed_arg, default=0)
 
 
@@ -106,11 +102,13 @@ def assess_run(run_dir, samples=10000, codes=2000, mixture=None, features=None, 
         decode = functools.partial(two_stage.decode, stage, sites, sizes)
 
     x_test = images.observations("test", device)
+    # rows shaping the model's own samples: its test observations (a second stage's are its codes)
+    x_like = x_test if first is None else data.observations("test", device)
     shape = tuple(x_test.shape[1:])
     extract, info = features_for(features, dataset, shape, device)
     result = quality.assess(checkpoint.pair.model, checkpoint.pair.guide, x_train, x_test, extract,
                             y_train=y_train, y_test=y_test, samples=samples, codes=codes, mixture=mixture, seed=seed,
-                            conditional=spec.conditional, decode=decode, x_like=data.observations("test", device),
+                            conditional=spec.conditional, decode=decode, x_like=x_like,
                             batch_size=batch_size)
     meta = {"run": str(run_dir), "dataset": checkpoint.config.dataset, "model": checkpoint.config.model,
             "guide": checkpoint.config.guide, "prior": checkpoint.config.prior, "epoch": checkpoint.train_state.epoch,
@@ -142,20 +140,14 @@ def format_quality(r: dict) -> str:
 
 
 def cmd_quality(args) -> int:
-    from .io import write_text_atomic
-
     for name in ("--samples", "--codes", "--mixture-images", "--batch-size"):
-        _positive(name, getattr(args, name[2:].replace("-", "_")))
+        value = getattr(args, name[2:].replace("-", "_"))
+        if value is not None:  # --mixture-images: none given is all
+            positive(name, value)
     result = assess_run(args.run_dir, args.samples, args.codes, args.mixture_images, args.features, args.device,
                         args.seed, args.data_dir, args.batch_size)
-    print(json.dumps(result) if args.json else format_quality(result))
-    try:  # the result is printed first: a read-only run directory loses nothing
-        write_text_atomic(Path(args.run_dir) / "quality.json", json.dumps(result, indent=2) + "\n")
-    except OSError as err:
-        print(f"pyro-vae: error: could not write {Path(args.run_dir) / 'quality.json'}: {err.strerror or err}",
-              file=sys.stderr)
-        return 2
-    return 0
+    return print_then_write(Path(args.run_dir) / "quality.json", result,
+                            json.dumps(result) if args.json else format_quality(result))
 
 
 def cmd_refit_prior(args) -> int:

@@ -15,7 +15,6 @@ References: Dai & Wipf 2019, "Diagnosing and Enhancing VAE Models", arXiv:1903.0
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -23,12 +22,12 @@ import torch
 
 from . import contract
 from .errors import PyroVAEError
+from .io import file_sha256
 from .run import BEST, Checkpoint, load_run
 
 
 def checkpoint_sha256(run_dir) -> str:
-    with open(Path(run_dir) / BEST, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+    return file_sha256(Path(run_dir) / BEST)
 
 
 def source_arrays(run_dir) -> dict:

@@ -78,12 +78,12 @@ def test_a_non_finite_bound_is_an_error_and_writes_nothing(run, tmp_path, capsys
 
 
 def test_evaluate_prints_its_result_before_it_fails_to_write(run, capsys, monkeypatch):
-    import pyro_vae.cli as cli
+    import pyro_vae.io as io
 
     def refuse(path, text):
         raise PermissionError(13, "Permission denied", str(path))
 
-    monkeypatch.setattr(cli, "write_text_atomic", refuse)
+    monkeypatch.setattr(io, "write_text_atomic", refuse)
     assert main(["evaluate", str(run), "--iw-samples", "5", "--json"]) == 2
     captured = capsys.readouterr()
     assert json.loads(captured.out)["iw_samples"] == 5  # the result, printed in full

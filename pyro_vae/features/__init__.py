@@ -23,7 +23,6 @@ and optionally ``"test_accuracy_binarized"`` (a net trained on grey and binarize
 
 from __future__ import annotations
 
-import hashlib
 import io
 from pathlib import Path
 
@@ -31,7 +30,7 @@ import torch
 from torch import nn
 
 from ..errors import PyroVAEError
-from ..io import atomic_path
+from ..io import atomic_path, file_sha256
 from ..registry import Registry
 
 FORMAT = "pyro_vae.features/1"
@@ -117,14 +116,10 @@ def for_dataset(dataset: str) -> str | None:
 
 
 def sha256_of(path: str | Path) -> str:
-    digest = hashlib.sha256()
     try:
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
+        return file_sha256(path)
     except OSError as err:
         raise PyroVAEError(f"cannot read feature net file {path}: {err.strerror or err}") from None
-    return digest.hexdigest()
 
 
 def shipped_path(name: str) -> Path:
