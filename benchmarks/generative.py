@@ -418,22 +418,11 @@ def run_row(spec: Tier, tier: str, row: Row, device, work: Path, data_dir, comma
 
 def write_markdown(results: Path, tier: str, device: str) -> Path:
     """``OUT/<name>.md`` from the results files alone; the cpu tier's lists the paper tier as unmeasured."""
-    records = table.latest(table.read_records(results, tier, device))
-    path = results / f"{table.results_name(tier, device)}.md"
-    write_text_atomic(path, table.markdown(tier, device, TIERS[tier], records,
-                                           f"python benchmarks/generative.py --tier {tier} --device {device}",
-                                           TIERS["paper"] if tier == "cpu" else None))
-    return path
+    return throughput.write_tier_markdown(results, tier, device, TIERS, table, "generative.py")
 
 
 def parse(argv) -> argparse.Namespace:
-    parser = throughput.Parser(prog="generative.py", description=__doc__.splitlines()[0], allow_abbrev=False)
-    throughput.tier_arguments(parser, TIERS, "rerun rows already in the results")
-    parser.add_argument("--list", action="store_true", help="print the tier's rows and budgets, run nothing")
-    parser.add_argument("--out", "--results", dest="out", default=str(REPO / "benchmarks" / "results"),
-                        help="results folder (default benchmarks/results)")
-    throughput.work_arguments(parser, "run directories (default runs/bench/generative-<tier>)",
-                              "torch intra-op threads (default: the tier's)")
+    parser = throughput.table_tier_parser("generative.py", __doc__, TIERS, "rerun rows already in the results", "rows")
     args = throughput.check_arguments(parser.parse_args(argv), TIERS)
     args.command = portable_command(sys.argv[1:] if argv is None else argv)
     return args

@@ -56,7 +56,6 @@ from pyro_vae.config import RunConfig
 from pyro_vae.data import SPLITS
 from pyro_vae.errors import PyroVAEError
 from pyro_vae.evaluate import evaluate
-from pyro_vae.io import write_text_atomic
 from pyro_vae.run import BEST, LAST, load_data, load_run, resolve_device
 from pyro_vae.semisupervised import classification_error
 from pyro_vae.train import fit
@@ -355,22 +354,12 @@ def run_cell(cell: Cell, tier: str, device, work: Path, data_dir, codes: Path | 
 
 def write_markdown(results: Path, tier: str, device: str) -> Path:
     """``OUT/<name>.md`` from the results files alone; the cpu tier's lists the paper tier as unmeasured."""
-    records = table.latest(table.read_records(results, tier, device))
-    path = results / f"{table.results_name(tier, device)}.md"
-    write_text_atomic(path, table.markdown(tier, device, TIERS[tier], records,
-                                           f"python benchmarks/semisupervised.py --tier {tier} --device {device}",
-                                           TIERS["paper"] if tier == "cpu" else None))
-    return path
+    return throughput.write_tier_markdown(results, tier, device, TIERS, table, "semisupervised.py")
 
 
 def parse(argv) -> argparse.Namespace:
-    parser = throughput.Parser(prog="semisupervised.py", description=__doc__.splitlines()[0], allow_abbrev=False)
-    throughput.tier_arguments(parser, TIERS, "retrain cells (and the M1) already in the results")
-    parser.add_argument("--list", action="store_true", help="print the tier's cells and budgets, run nothing")
-    parser.add_argument("--out", "--results", dest="out", default=str(REPO / "benchmarks" / "results"),
-                        help="results folder (default benchmarks/results)")
-    throughput.work_arguments(parser, "run directories (default runs/bench/semisupervised-<tier>)",
-                              "torch intra-op threads (default: the tier's)")
+    parser = throughput.table_tier_parser("semisupervised.py", __doc__, TIERS,
+                                          "retrain cells (and the M1) already in the results", "cells")
     return throughput.check_arguments(parser.parse_args(argv), TIERS)
 
 

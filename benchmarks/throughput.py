@@ -306,6 +306,31 @@ def work_arguments(parser, work: str, threads: str) -> None:
     parser.add_argument("--threads", type=int, help=threads)
 
 
+def table_tier_parser(script: str, doc: str, tiers, force: str, units: str) -> Parser:
+    """The command line of a benchmark whose tier writes one markdown table from its results lines
+    (semisupervised.py, generative.py): the flags above, ``--list`` and ``--out``."""
+    parser = Parser(prog=script, description=doc.splitlines()[0], allow_abbrev=False)
+    tier_arguments(parser, tiers, force)
+    parser.add_argument("--list", action="store_true", help=f"print the tier's {units} and budgets, run nothing")
+    parser.add_argument("--out", "--results", dest="out", default=str(Path(__file__).resolve().parent / "results"),
+                        help="results folder (default benchmarks/results)")
+    work_arguments(parser, f"run directories (default runs/bench/{Path(script).stem}-<tier>)",
+                   "torch intra-op threads (default: the tier's)")
+    return parser
+
+
+def write_tier_markdown(results: Path, tier: str, device: str, tiers, table, script: str) -> Path:
+    """``results/<name>.md`` of ``tier`` from the results files alone, by ``table`` (its
+    ``read_records``, ``latest``, ``results_name`` and ``markdown``); the cpu tier's lists the paper
+    tier as unmeasured."""
+    records = table.latest(table.read_records(results, tier, device))
+    path = results / f"{table.results_name(tier, device)}.md"
+    write_text_atomic(path, table.markdown(tier, device, tiers[tier], records,
+                                           f"python benchmarks/{script} --tier {tier} --device {device}",
+                                           tiers["paper"] if tier == "cpu" else None))
+    return path
+
+
 def check_arguments(args, tiers) -> argparse.Namespace:
     """The flags of ``tier_arguments`` and ``work_arguments`` that argparse cannot check."""
     if args.tier not in tiers:
