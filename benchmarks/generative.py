@@ -67,7 +67,8 @@ from pyro_vae.train import fit
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling modules, however this is run
 import generative_table as table  # noqa: E402  (published figures, results files, the markdown)
 import nll  # noqa: E402  (data folders, run-directory reuse, --only and --data-dir)
-import throughput  # noqa: E402  (machine and version facts, the command line's shared flags)
+import throughput  # noqa: E402  (machine and version facts)
+import tiers  # noqa: E402  (the command line shared by the tier benchmarks)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -418,12 +419,12 @@ def run_row(spec: Tier, tier: str, row: Row, device, work: Path, data_dir, comma
 
 def write_markdown(results: Path, tier: str, device: str) -> Path:
     """``OUT/<name>.md`` from the results files alone; the cpu tier's lists the paper tier as unmeasured."""
-    return throughput.write_tier_markdown(results, tier, device, TIERS, table, "generative.py")
+    return tiers.write_tier_markdown(results, tier, device, TIERS, table, "generative.py")
 
 
 def parse(argv) -> argparse.Namespace:
-    parser = throughput.table_tier_parser("generative.py", __doc__, TIERS, "rerun rows already in the results", "rows")
-    args = throughput.check_arguments(parser.parse_args(argv), TIERS)
+    parser = tiers.table_tier_parser("generative.py", __doc__, TIERS, "rerun rows already in the results", "rows")
+    args = tiers.check_arguments(parser.parse_args(argv), TIERS)
     args.command = portable_command(sys.argv[1:] if argv is None else argv)
     return args
 
@@ -468,7 +469,7 @@ def run_tier(args) -> int:
     jsonl = results / f"{table.lines_name(args.tier, device.type)}-{datetime.date.today().isoformat()}.jsonl"
     done = {r["id"] for r in table.read_records(results, args.tier, device.type)}
     started = time.perf_counter()
-    with throughput.torch_threads(args.threads or spec.threads):
+    with tiers.torch_threads(args.threads or spec.threads):
         for n, row in enumerate(rows, 1):
             head = f"[{n}/{len(rows)}] {row.id}"
             if row.id in done and not args.force:
@@ -487,7 +488,7 @@ def run_tier(args) -> int:
 
 
 def main(argv=None) -> int:
-    return throughput.cli("generative.py", parse, run_tier, argv)
+    return tiers.cli("generative.py", parse, run_tier, argv)
 
 
 if __name__ == "__main__":

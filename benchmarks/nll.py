@@ -45,7 +45,8 @@ from pyro_vae.train import fit
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling modules, however this is run
 import nll_cells  # noqa: E402
 import nll_table  # noqa: E402
-import throughput  # noqa: E402
+import throughput  # noqa: E402  (machine and version facts)
+import tiers  # noqa: E402  (the command line shared by the tier benchmarks)
 from nll_cells import ABOUT, NEEDS, THREADS, TIERS, Cell  # noqa: E402  (the cells and tiers)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -227,17 +228,17 @@ def missing_data(cell: Cell, data_dir: Path | None) -> str | None:
 # --- command line ----------------------------------------------------------------------------------
 
 def parse(argv) -> argparse.Namespace:
-    parser = throughput.Parser(prog="nll.py", description=__doc__.splitlines()[0], allow_abbrev=False)
-    throughput.tier_arguments(parser, TIERS, "retrain cells already in the results")
+    parser = tiers.Parser(prog="nll.py", description=__doc__.splitlines()[0], allow_abbrev=False)
+    tiers.tier_arguments(parser, TIERS, "retrain cells already in the results")
     parser.add_argument("--results", default=str(REPO / "benchmarks" / "results"))
-    throughput.work_arguments(parser, "run directories (default runs/bench/<tier>)",
+    tiers.work_arguments(parser, "run directories (default runs/bench/<tier>)",
                               "torch intra-op threads (default: the tier's, see THREADS)")
-    return throughput.check_arguments(parser.parse_args(argv), TIERS)
+    return tiers.check_arguments(parser.parse_args(argv), TIERS)
 
 
 def selected(cells, args) -> tuple[list, Path | None]:
     """The cells ``--only`` picks (none is a user error) and the data folder (``--data-dir``, else
-    the default): flags of ``throughput.tier_arguments`` and ``throughput.work_arguments``."""
+    the default): flags of ``tiers.tier_arguments`` and ``tiers.work_arguments``."""
     cells = [c for c in cells if not args.only or any(s in c.id for s in args.only)]
     if not cells:
         raise PyroVAEError(f"--only {','.join(args.only)} matches no cell of tier {args.tier}")
@@ -253,7 +254,7 @@ def run_tier(args) -> int:
     results = Path(args.results)
     work = Path(args.work or Path("runs") / "bench" / args.tier) / device.type
     done = {r["id"] for r in nll_table.read_records(results, args.tier, device.type)}
-    with throughput.torch_threads(args.threads or THREADS.get(args.tier)):
+    with tiers.torch_threads(args.threads or THREADS.get(args.tier)):
         run_cells(cells, args, device, results, work, data_dir, done)
     return 0
 
@@ -283,7 +284,7 @@ def run_cells(cells, args, device, results: Path, work: Path, data_dir, done: se
 
 
 def main(argv=None) -> int:
-    return throughput.cli("nll.py", parse, run_tier, argv)
+    return tiers.cli("nll.py", parse, run_tier, argv)
 
 
 if __name__ == "__main__":

@@ -63,7 +63,8 @@ from pyro_vae.train import fit
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling modules, however this is run
 import nll  # noqa: E402  (data folders, run-directory reuse, --only and --data-dir)
 import semisupervised_table as table  # noqa: E402  (published figures, results files, the markdown)
-import throughput  # noqa: E402  (machine and version facts, the command line's shared flags)
+import throughput  # noqa: E402  (machine and version facts)
+import tiers  # noqa: E402  (the command line shared by the tier benchmarks)
 
 REPO = Path(__file__).resolve().parent.parent
 LABEL_COUNTS = (100, 600, 1000, 3000)
@@ -354,13 +355,13 @@ def run_cell(cell: Cell, tier: str, device, work: Path, data_dir, codes: Path | 
 
 def write_markdown(results: Path, tier: str, device: str) -> Path:
     """``OUT/<name>.md`` from the results files alone; the cpu tier's lists the paper tier as unmeasured."""
-    return throughput.write_tier_markdown(results, tier, device, TIERS, table, "semisupervised.py")
+    return tiers.write_tier_markdown(results, tier, device, TIERS, table, "semisupervised.py")
 
 
 def parse(argv) -> argparse.Namespace:
-    parser = throughput.table_tier_parser("semisupervised.py", __doc__, TIERS,
+    parser = tiers.table_tier_parser("semisupervised.py", __doc__, TIERS,
                                           "retrain cells (and the M1) already in the results", "cells")
-    return throughput.check_arguments(parser.parse_args(argv), TIERS)
+    return tiers.check_arguments(parser.parse_args(argv), TIERS)
 
 
 def run_tier(args) -> int:
@@ -376,7 +377,7 @@ def run_tier(args) -> int:
     jsonl = results / f"{table.results_name(args.tier, device.type)}-{datetime.date.today().isoformat()}.jsonl"
     done = {r["id"] for r in table.read_records(results, args.tier, device.type)}
     started = time.perf_counter()
-    with throughput.torch_threads(args.threads or spec.threads):
+    with tiers.torch_threads(args.threads or spec.threads):
         codes = None
         todo = [c for c in cells if args.force or c.id not in done]
         if any(c.model == "m1m2" for c in todo):
@@ -402,7 +403,7 @@ def run_tier(args) -> int:
 
 
 def main(argv=None) -> int:
-    return throughput.cli("semisupervised.py", parse, run_tier, argv)
+    return tiers.cli("semisupervised.py", parse, run_tier, argv)
 
 
 if __name__ == "__main__":

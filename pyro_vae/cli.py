@@ -95,6 +95,8 @@ TRAIN_FLAGS = [
     ("--seed", "seed", dict(type=seed_arg)),
     ("--device", "device", dict(choices=DEVICE_CHOICES)),
     ("--out", "out", dict(help="run directory to write")),
+    ("--compile", "compile", dict(action="store_const", const=True,
+                                  help="compile the training step with torch.compile (same bound and draws)")),
 ]
 RESUMABLE = {"out", "epochs", "device", "distributed"}
 # Flags stored in RunConfig.guide_options, one per option the guide families declare

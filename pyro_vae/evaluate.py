@@ -15,7 +15,10 @@ exactly rather than sampled: each w_k is then sum_y p(x, y, z_k,y) / q(z_k,y|x, 
 sum_y q(y|x) E_q[log p(x, y, z) - log q(y, z|x)] (see ``marginalize``).
 
 Samples are drawn in chunks and combined with a running log-sum-exp, so memory stays bounded
-whatever K is.
+whatever K is: a chunk holds about ``max_elements`` numbers, counted per particle and datapoint
+from the likelihood's outputs, the prior's and the guide's declared counts (``elements_per_sample``
+of a prior or guide; see ``_elements_per_sample``), and the Monte-Carlo posterior means behind the
+active units are drawn within the same budget.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import torch
 
 from . import contract
 from .errors import PyroVAEError
+from .guides.base import MEAN_CHUNK
 
 # Active units (Burda et al. 2016): a latent dimension whose posterior mean varies with x.
 ACTIVE_UNIT_THRESHOLD = 0.01
@@ -117,10 +121,11 @@ def retain_freed_memory() -> bool:
     return bool(mallopt(m_mmap_threshold, 32 * 2**20)) and bool(mallopt(m_trim_threshold, 256 * 2**20))
 
 
-def _elements_per_sample(model, x: torch.Tensor) -> int:
-    """Numbers held per particle and datapoint, about: 4 per pixel, or twice the likelihood's
-    parameters per pixel where a model says (a 256-way categorical decodes 256 per pixel, and
-    sized as a Bernoulli its chunks took 64 times the memory budget)."""
+def model_elements(model, x: torch.Tensor) -> int:
+    """Numbers the model's scoring holds per particle and datapoint, about: 4 per pixel, or twice the
+    likelihood's parameters per pixel where a model says (a 256-way categorical decodes 256 per
+    pixel, and sized as a Bernoulli its chunks took 64 times the memory budget), and what the prior
+    declares."""
     likelihood = getattr(model, "likelihood", None)
     channels = x.shape[1] if x.dim() == 4 else 1
     sized = callable(getattr(likelihood, "out_channels", None))
@@ -128,6 +133,26 @@ def _elements_per_sample(model, x: torch.Tensor) -> int:
     # a mixture prior scores every draw against each of its components
     prior = getattr(getattr(model, "prior", None), "elements_per_sample", 0)
     return int(max(4, 2 * per_pixel) * x[0].numel() + (prior if isinstance(prior, int) else 0))
+
+
+def guide_elements(guide, x: torch.Tensor) -> int:
+    """Numbers a draw of the guide and its log-density hold per particle and datapoint, as the guide
+    declares them: ``elements_per_sample``, an int or a method of the observations. The suite's
+    guides declare theirs (a flow's hypernetworks run on every particle, with h(x) joined to each
+    draw); 0 for a guide that declares none, which is then sized as before, by the model alone."""
+    count = getattr(guide, "elements_per_sample", 0)
+    count = count(x) if callable(count) else count
+    return count if isinstance(count, int) and not isinstance(count, bool) and count > 0 else 0
+
+
+def _elements_per_sample(model, x: torch.Tensor, guide=None, y=None) -> int:
+    """Numbers held per particle and datapoint: the model's and the guide's, summed (their peaks
+    need not coincide, so this errs on the side of smaller chunks), times the values a guide
+    enumerates in parallel (``enumerated_values(y)``: the classes of M2's unobserved label, at each
+    of which the model scores every particle)."""
+    copies = getattr(guide, "enumerated_values", None)
+    copies = copies(y) if callable(copies) else 1
+    return int(max(1, copies) * (model_elements(model, x) + guide_elements(guide, x)))
 
 
 def _chunk_size(samples: int, batch: int, elements_per_sample: int, max_elements: int) -> int:
@@ -141,7 +166,7 @@ def per_datapoint(model, guide, x: torch.Tensor, samples: int, max_elements: int
     log p(x) estimate, each of shape (N,). ``weight_terms`` replaces ``log_weight_terms``."""
     retain_freed_memory()
     weight_terms = weight_terms or log_weight_terms
-    chunk = _chunk_size(samples, x.shape[0], _elements_per_sample(model, x), max_elements)
+    chunk = _chunk_size(samples, x.shape[0], _elements_per_sample(model, x, guide, y), max_elements)
     lse = torch.full((x.shape[0],), -math.inf, dtype=x.dtype, device=x.device)
     sums = {"log_lik": 0.0, "log_prior": 0.0, "log_q": 0.0}
     kl_sites: dict = {}
@@ -176,10 +201,15 @@ def _rows(y, i: int, j: int):
 
 
 @torch.no_grad()
-def active_units_per_site(guide, x: torch.Tensor, y=None, batch_size: int = 500) -> dict[str, tuple[int, torch.Tensor]]:
+def active_units_per_site(guide, x: torch.Tensor, y=None, batch_size: int = 500,
+                          max_elements: int = 2**23) -> dict[str, tuple[int, torch.Tensor]]:
     """Per latent site: the number of dimensions with Cov_x(E_q[z_i|x]) > 0.01, and those variances."""
-    parts = [contract.site_means(guide, x[i:i + batch_size], _rows(y, i, i + batch_size))
-             for i in range(0, x.shape[0], batch_size)]
+    # A guide without a closed-form mean (a flow, the hamiltonian dynamics) draws MEAN_CHUNK samples
+    # for every row of a batch at once: at 500 rows the spline flow's draws held 600 MiB and the
+    # hamiltonian guide's 840 MiB, twenty times a chunk of the estimate above, so the rows per batch
+    # keep those draws within the same budget.
+    rows = _chunk_size(batch_size, MEAN_CHUNK, guide_elements(guide, x), max_elements)
+    parts = [contract.site_means(guide, x[i:i + rows], _rows(y, i, i + rows)) for i in range(0, x.shape[0], rows)]
     out = {}
     for name in parts[0]:
         means = torch.cat([p[name] for p in parts])
@@ -213,7 +243,8 @@ def evaluate(model, guide, x: torch.Tensor, y=None, iw_samples: int = 5000, batc
     ``recon`` (all observed sites) and ``kl`` (all latent sites), ``kl_per_site``, ``nll`` =
     -log p(x) estimated with ``iw_samples`` importance samples and its standard error ``nll_se``
     over datapoints, ``active_units`` (and ``active_units_per_site``), ``latent_dim`` (summed
-    over sites; ``latent_dims`` per site) and ``n``.
+    over sites; ``latent_dims`` per site) and ``n``. ``max_elements``: about how many numbers a chunk
+    of importance samples, or a batch of Monte-Carlo posterior means, holds at once.
     """
     if not isinstance(iw_samples, int) or iw_samples <= 0:
         raise PyroVAEError(f"iw_samples must be a positive integer, got {iw_samples!r}")
@@ -229,7 +260,7 @@ def evaluate(model, guide, x: torch.Tensor, y=None, iw_samples: int = 5000, batc
     try:
         parts = [per_datapoint(model, guide, x[i:i + batch_size], iw_samples, max_elements,
                                y=_rows(y, i, i + batch_size)) for i in range(0, x.shape[0], batch_size)]
-        units = active_units_per_site(guide, x, y)
+        units = active_units_per_site(guide, x, y, max_elements=max_elements)
     finally:
         for m, mode in zip(modules, modes):
             m.train(mode)

@@ -49,6 +49,10 @@ class GaussianLayer(nn.Module):
     def __init__(self, d_in: int, d_out: int, hidden, act, batch_norm: bool):
         super().__init__()
         self.net = nets.mlp([d_in, *hidden, 2 * d_out], act, final_act=False, batch_norm=batch_norm)
+        self.d_out = d_out
+        # numbers held per particle and datapoint when it runs on every draw of the layer below:
+        # input, hidden layers before and after their activation, output, loc and scale, a draw
+        self.elements_per_sample = d_in + 2 * sum(hidden) + 6 * d_out
 
     def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         loc, raw = self.net(h).chunk(2, dim=-1)
@@ -114,6 +118,12 @@ class BottomUpGuide(nn.Module):
         super().__init__()
         self.bottom, self.ups = bottom, ups
 
+    def elements_per_sample(self, x) -> int:
+        """The bottom guide's count (a flow's hypernetworks among them) and each layer's above it."""
+        from .evaluate import guide_elements
+
+        return guide_elements(self.bottom, x) + sum(up.elements_per_sample for up in self.ups)
+
     def forward(self, x: torch.Tensor, y=None):
         with pyro.plate("data", x.shape[0]):
             z = pyro.sample(site(1), self.bottom.dist(x, y))
@@ -140,6 +150,11 @@ class LadderGuide(nn.Module):
     def __init__(self, encoder: nn.Module, ups: nn.ModuleList, heads: nn.ModuleList, generative: nn.ModuleList):
         super().__init__()
         self.encoder, self.ups, self.heads, self.generative = encoder, ups, heads, generative
+
+    def elements_per_sample(self, x=None) -> int:
+        """The bottom-up estimates are per datapoint; per particle, the model's conditionals on each
+        draw and the merges beside them (6 numbers per dimension of the layer merged)."""
+        return sum(g.elements_per_sample for g in self.generative) + sum(6 * head.d_out for head in self.heads)
 
     def estimates(self, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         h = self.encoder(x)

@@ -5,7 +5,9 @@ side information) giving the negative bound summed over the batch, differentiabl
 torch optimizers train model and guide (Pyro's "ELBO as a module" interface). The KL weight beta
 scales every latent site of model and guide (``contract.ScaleLatents``). Model and guide keep
 their parameters as ordinary module state: nothing lives in Pyro's global parameter store,
-except under ``elbo-jit`` (see there).
+except under ``elbo-jit`` (see there). For the suite's single-site pairs ``elbo``, ``meanfield``
+and ``iwae`` are computed in their direct form (``pyro_vae.direct``: the same numbers from the same
+draws, without traces); ``compiled`` is the ``--compile`` of a loss.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pyro.infer import JitTrace_ELBO, RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
 from pyro.util import warn_if_nan
 
 from . import contract
+from . import direct as _direct  # loss_fn's flag is named direct
 from .contract import ScaleLatents, call
 from .errors import PyroVAEError
 from .registry import Registry
@@ -133,15 +136,17 @@ def _vectorized(cls):
 
 
 OBJECTIVES = Registry("objective")
-OBJECTIVES.add("elbo", _vectorized(ReparameterizedELBO), "Monte-Carlo ELBO (Trace_ELBO), K particles averaged")
+# ``direct``: the same bound for the suite's single-site pairs, without traces (pyro_vae.direct)
+OBJECTIVES.add("elbo", _vectorized(ReparameterizedELBO), "Monte-Carlo ELBO (Trace_ELBO), K particles averaged",
+               direct=_direct.elbo)
 OBJECTIVES.add("elbo-jit", lambda k: _ParamStoreJit(num_particles=k, vectorize_particles=True, max_plate_nesting=1,
                                                     ignore_jit_warnings=True),
                "the same ELBO compiled with the PyTorch JIT (JitTrace_ELBO)")
 OBJECTIVES.add("meanfield", _vectorized(TraceMeanField_ELBO),
                "ELBO with the KL term in closed form where q and p have one (TraceMeanField_ELBO); the default "
-               "when every latent site has it")
+               "when every latent site has it", direct=_direct.meanfield)
 OBJECTIVES.add("iwae", IWAE, "importance-weighted bound with K samples (RenyiELBO alpha=0)",
-               reference="Burda et al. 2016, arXiv:1509.00519")
+               reference="Burda et al. 2016, arXiv:1509.00519", direct=_direct.iwae)
 
 
 def check_name(name: str):
@@ -166,9 +171,21 @@ class Scaled(nn.Module):
             return call(self.fn, x, y)
 
 
-def loss_fn(name: str, model, guide, particles: int = 1) -> Callable:
-    """``loss(x, beta[, y])``: the negative bound summed over the batch, differentiable."""
+def loss_fn(name: str, model, guide, particles: int = 1, direct: bool = True) -> Callable:
+    """``loss(x, beta[, y])``: the negative bound summed over the batch, differentiable. A pair of
+    the suite's single-site kind gets the objective's direct form (``pyro_vae.direct``, the same
+    numbers without traces) unless ``direct`` is False; any other pair, Pyro's ELBO."""
+    bound = getattr(OBJECTIVES[name], "direct", None)
+    if direct and bound is not None and _direct.applies(model, guide):
+        return _direct.DirectLoss(bound, model, guide, particles)
     return build(name, particles)(Scaled(model), Scaled(guide))
+
+
+def compiled(loss):
+    """``loss`` compiled with ``torch.compile``. Its random numbers are drawn by torch's own kernels
+    (inductor's ``fallback_random``), in eager order from the same generator: a compiled run makes
+    the draws of an eager one, so seeds, resumes and tests mean the same with and without it."""
+    return torch.compile(loss, options={"fallback_random": True})
 
 
 def analytic_kl_order(guide_trace, model_trace) -> bool:
@@ -214,7 +231,14 @@ def check_objective(name: str, model, guide, x: torch.Tensor, y=None) -> None:
                            "or iwae")
     if name != "meanfield":
         return
-    if not analytic_kl_order(*contract.traces(model, guide, x, y)):
+    guide_trace, model_trace = contract.traces(model, guide, x, y)
+    if any(isinstance(site["fn"], pyro.distributions.Delta) for site in contract.sample_sites(guide_trace)):
+        # Pyro's closed form KL(Delta || p) = -log p(v) drops the Delta's log_density, the extended
+        # bound's log q of the hamiltonian guide: the bound would lose its entropy term
+        raise PyroVAEError("--objective meanfield has no closed-form KL for a guide that places its draw as a point "
+                           "with a log-density (the hamiltonian guide); use --objective elbo (the same bound here) "
+                           "or iwae")
+    if not analytic_kl_order(guide_trace, model_trace):
         raise PyroVAEError("--objective meanfield needs a guide that draws its latent sites in the model's order "
                            "(its closed-form KL holds each site's parents fixed); this guide does not (bottom-up "
                            "inference): use --objective elbo or iwae, or --inference ladder")

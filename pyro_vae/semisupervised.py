@@ -64,6 +64,18 @@ class M2Guide(nn.Module):
         super().__init__()
         self.classifier, self.z_guide, self.classes = classifier, z_guide, classes
 
+    def elements_per_sample(self, x) -> int:
+        """q(z|x, y)'s count for one value of y; the classifier runs once per datapoint."""
+        from .evaluate import guide_elements
+
+        return guide_elements(self.z_guide, x)
+
+    def enumerated_values(self, y=None) -> int:
+        """Values each particle is scored at: every class where y is not given (enumerated in
+        parallel, so the model decodes every draw once per class and a chunk of the evaluation holds
+        that many times a labelled one's numbers), one where it is."""
+        return self.classes if y is None else 1
+
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Unnormalized log q(y|x), shape (N, classes)."""
         return self.classifier(x)

@@ -98,6 +98,17 @@ def _prime(pair, loss, *args) -> None:
         loss(*args)
 
 
+def _compiled(pair, loss, args) -> tuple:
+    """``loss`` compiled, and the seconds its first forward and backward took (the compiling), run
+    as ``_prime`` runs a loss, leaving no trace; unvalidated, as the steps that reuse the graphs."""
+    compiled = objectives.compiled(loss)
+    started = time.perf_counter()
+    with _unchanged(pair), pyro.validation_enabled(False):
+        compiled(*args).backward()
+    pair.zero_grad(set_to_none=True)
+    return compiled, time.perf_counter() - started
+
+
 def _resolve_objective(pair, x: torch.Tensor, y) -> str:
     """The default objective for this pair (``objectives.default_objective``), leaving no trace,
     so a run's draws do not depend on whether its objective was named."""
@@ -176,6 +187,9 @@ def _train(config: RunConfig, run_dir: Path, checkpoint, ctx: distributed.Single
         config.objective = _resolve_objective(pair, *first)
     with _unchanged(pair):
         objectives.check_objective(config.objective, pair.model, pair.guide, *first)
+    if config.compile and config.objective == "elbo-jit":
+        raise PyroVAEError("--compile and --objective elbo-jit both compile the step (torch.compile, torch.jit); "
+                           "use one: --compile with --objective elbo computes the same bound")
     if plan:
         semisupervised.check_objective(config.objective)
     optimizer = make_optimizer(pair, config.lr)
@@ -202,6 +216,9 @@ def _train(config: RunConfig, run_dir: Path, checkpoint, ctx: distributed.Single
     wrapped = ctx.wrap(loss, config.objective)  # before priming: a refused objective fails before it compiles
     _prime(pair, loss, *args(*first, kl_weight(config, state.step, steps_per_epoch)))
     loss = wrapped
+    compile_seconds = None
+    if config.compile:
+        loss, compile_seconds = _compiled(pair, loss, args(*first, kl_weight(config, state.step, steps_per_epoch)))
 
     def save(*names: str) -> None:
         extra = ctx.agreed_state(pair.state_dict(), optimizer.state_dict(), dataclasses.asdict(state))
@@ -257,6 +274,8 @@ def _train(config: RunConfig, run_dir: Path, checkpoint, ctx: distributed.Single
                                       "beta": beta, "valid_elbo": valid, "seconds": time.perf_counter() - started})
                 if plan:
                     state.history[-1]["valid_error"] = validation_error(pair, data, device)
+                if compile_seconds is not None:  # the first epoch of this process: it paid for the compiling
+                    state.history[-1]["compile_seconds"], compile_seconds = compile_seconds, None
                 best = valid > state.best_valid
                 if best:
                     state.best_valid, state.best_epoch = valid, state.epoch

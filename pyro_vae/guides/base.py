@@ -12,6 +12,8 @@ from torch import nn
 
 # Keeps posterior scales strictly positive in float32 without limiting any useful fit.
 MIN_SCALE = 1e-5
+# Draws per chunk of a Monte-Carlo E_q[z|x] (``AmortizedGuide.mean``), for every row at once.
+MEAN_CHUNK = 100
 
 
 class AmortizedGuide(nn.Module):
@@ -20,9 +22,15 @@ class AmortizedGuide(nn.Module):
 
     ``dist(x, y)`` returns q(z|x) with batch shape (N,) and event shape (L,); ``forward(x, y)``
     places it at the site ``site_name`` inside the "data" plate, as the model contract asks.
+
+    ``elements_per_sample(x)``: about how many numbers a draw and its log-density hold per particle
+    and datapoint at their peak, which the evaluation adds to the model's when it sizes its chunks
+    of samples. The suite's families count theirs from their own widths; 0 here, so a subclass that
+    does not say is sized by the model alone, as before.
     """
 
     site_name = "z"  # the one latent site; its name is what the single-site fast paths read
+    elements_per_sample = 0
 
     def __init__(self, encoder: nn.Module, latent_dim: int):
         super().__init__()
@@ -62,7 +70,7 @@ class AmortizedGuide(nn.Module):
         return self.dist(u)
 
     @torch.no_grad()
-    def mean(self, x: torch.Tensor, y=None, samples: int = 1000, chunk: int = 100) -> torch.Tensor:
+    def mean(self, x: torch.Tensor, y=None, samples: int = 1000, chunk: int = MEAN_CHUNK) -> torch.Tensor:
         """E_q[z|x]; a Monte-Carlo average unless the family knows it in closed form."""
         # The estimate's own variance, Var_q(z_i|x) / samples, adds to the active-unit statistic
         # Var_x(E_q[z_i|x]): an unused unit (q = prior, variance 1) must stay well below the 0.01
@@ -89,6 +97,10 @@ class DiagonalGaussian(AmortizedGuide):
     def __init__(self, encoder: nn.Module, features: int, latent_dim: int):
         super().__init__(encoder, latent_dim)
         self.head = nn.Linear(features, 2 * latent_dim)
+
+    def elements_per_sample(self, x=None) -> int:
+        # the draw, its noise and the terms of its log-density: about 3 per dimension measured
+        return 4 * self.latent_dim
 
     def loc_scale(self, x: torch.Tensor, y=None) -> tuple[torch.Tensor, torch.Tensor]:
         return self.loc_scale_of_features(self.features(x, y))
@@ -130,6 +142,11 @@ class FullCovariance(AmortizedGuide):
         self.register_buffer("on_diagonal", rows == cols)
         self.head = nn.Linear(features, latent_dim + rows.numel())
 
+    def elements_per_sample(self, x=None) -> int:
+        # a draw multiplies L(x) with its noise by a broadcast matmul, which copies the (L, L)
+        # factor for every particle
+        return self.latent_dim * (self.latent_dim + 8)
+
     def loc_tril(self, x, y=None):
         out = self.head(self.features(x, y))
         loc, entries = out[..., : self.latent_dim], out[..., self.latent_dim:]
@@ -165,6 +182,9 @@ class ConstantVariance(AmortizedGuide):
         self.head = nn.Linear(features, latent_dim)
         # softplus(0.5413) = 1: start at the prior's scale
         self.raw_scale = nn.Parameter(torch.full((latent_dim,), 0.5413))
+
+    def elements_per_sample(self, x=None) -> int:
+        return 4 * self.latent_dim
 
     def dist(self, x, y=None):
         loc = self.head(self.features(x, y))

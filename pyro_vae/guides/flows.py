@@ -30,11 +30,45 @@ class FlowFamily:
     """``steps(latent_dim, flows, hidden, context_dim, **options)`` -> list of K (conditional)
     transform modules; ``reverse_between``: reverse the latent order between steps, so coupling and
     autoregressive steps transform every dimension; ``invertible``: log q at any point, not only
-    at the flow's own samples."""
+    at the flow's own samples; ``step_elements(latent_dim, hidden, context_dim, **options)``: the
+    numbers one conditional step holds per particle and datapoint while it runs (the evaluation
+    sizes its chunks by them, see ``FlowGuide.elements_per_sample``)."""
 
     steps: Callable[..., list]
     reverse_between: bool
     invertible: bool
+    step_elements: Callable[..., int]
+
+
+def _hypernetwork(inputs: int, hidden, outputs: int) -> int:
+    # its input, every hidden layer before and after its activation (both live for a moment), and
+    # its output: 25% above the measured peak at the default widths (two layers of 320), more for
+    # deeper ones (70% at three of 1024), whose layers are not all live at once
+    return inputs + 2 * sum(hidden) + outputs
+
+
+def _per_datapoint_step(latent_dim, hidden, context_dim, **_):
+    # planar, radial and Householder steps compute their parameters from h(x) alone, once per
+    # datapoint: a draw holds only the step's own arithmetic
+    return 2 * latent_dim
+
+
+def _coupling_elements(latent_dim, hidden, context_dim, **_):
+    # Pyro's coupling conditions the second half on the first, split at latent_dim // 2; h(x) is
+    # joined to every particle's first half
+    split = latent_dim // 2
+    return _hypernetwork(context_dim + split, hidden, 2 * (latent_dim - split))
+
+
+def _iaf_elements(latent_dim, hidden, context_dim, stable: bool = False, **_):
+    # the stable variant's gate adds its sigmoid and its complement
+    return _hypernetwork(context_dim + latent_dim, hidden, 2 * latent_dim) + (2 * latent_dim if stable else 0)
+
+
+def _spline_elements(latent_dim, hidden, context_dim, bins: int = 8, **_):
+    # the rational-quadratic spline's widths, heights, derivatives and their cumulative sums,
+    # each bins + 1 per dimension, beside the hypernetwork's 3 bins - 1 outputs
+    return _hypernetwork(context_dim + latent_dim, hidden, (3 * bins - 1) * latent_dim) + 6 * (bins + 1) * latent_dim
 
 
 def _planar_steps(latent_dim, flows, hidden, context_dim=None):
@@ -55,10 +89,30 @@ def _coupling_steps(latent_dim, flows, hidden, context_dim=None):
     return [T.conditional_affine_coupling(latent_dim, context_dim, list(hidden)) for _ in range(flows)]
 
 
+class _Conditioned:
+    """An autoregressive network with its context bound, and the permutation the transform reads."""
+
+    def __init__(self, nn, context):
+        self.nn, self.context = nn, context
+        self.permutation, self.get_permutation = nn.permutation, nn.get_permutation
+
+    def __call__(self, x):
+        return self.nn(x, context=self.context)
+
+
+class ConditionalIAF(T.ConditionalAffineAutoregressive):
+    """Pyro's conditional affine autoregressive step, conditioned without setting attributes on a
+    ``functools.partial`` as Pyro's ``condition`` does: torch.compile cannot trace that, and broke
+    the compiled step's graph once per IAF step. The same transform and the same parameters."""
+
+    def condition(self, context):
+        return T.AffineAutoregressive(_Conditioned(self.nn, context), **self.kwargs)
+
+
 def _iaf_steps(latent_dim, flows, hidden, context_dim=None, stable: bool = False):
     if context_dim is None:
         return [T.affine_autoregressive(latent_dim, list(hidden), stable=stable) for _ in range(flows)]
-    return [T.conditional_affine_autoregressive(latent_dim, context_dim, list(hidden), stable=stable)
+    return [ConditionalIAF(ConditionalAutoRegressiveNN(latent_dim, context_dim, list(hidden)), stable=stable)
             for _ in range(flows)]
 
 
@@ -87,12 +141,13 @@ def _spline_steps(latent_dim, flows, hidden, context_dim=None, bins: int = 8, bo
 
 
 FAMILIES: dict[str, FlowFamily] = {
-    "planar": FlowFamily(_planar_steps, reverse_between=False, invertible=False),
-    "radial": FlowFamily(_radial_steps, reverse_between=False, invertible=False),
-    "coupling": FlowFamily(_coupling_steps, reverse_between=True, invertible=True),
-    "iaf": FlowFamily(_iaf_steps, reverse_between=True, invertible=True),
-    "householder": FlowFamily(_householder_steps, reverse_between=False, invertible=True),
-    "spline": FlowFamily(_spline_steps, reverse_between=True, invertible=True),
+    "planar": FlowFamily(_planar_steps, reverse_between=False, invertible=False, step_elements=_per_datapoint_step),
+    "radial": FlowFamily(_radial_steps, reverse_between=False, invertible=False, step_elements=_per_datapoint_step),
+    "coupling": FlowFamily(_coupling_steps, reverse_between=True, invertible=True, step_elements=_coupling_elements),
+    "iaf": FlowFamily(_iaf_steps, reverse_between=True, invertible=True, step_elements=_iaf_elements),
+    "householder": FlowFamily(_householder_steps, reverse_between=False, invertible=True,
+                              step_elements=_per_datapoint_step),
+    "spline": FlowFamily(_spline_steps, reverse_between=True, invertible=True, step_elements=_spline_elements),
 }
 
 
@@ -149,14 +204,23 @@ def unconditional_flow(name: str, latent_dim: int = 2, flows: int = 4, hidden=(6
 class FlowGuide(DiagonalGaussian):
     """Base N(mu(x), diag sigma(x)^2) pushed through ``steps`` conditioned on h(x); with
     ``reverse_between`` the order of the latent dimensions is reversed between steps, so
-    coupling and autoregressive steps transform every dimension."""
+    coupling and autoregressive steps transform every dimension. ``step_elements``: what one step
+    holds per particle while it runs (its family's ``step_elements``; 0 where unknown)."""
 
-    def __init__(self, encoder: nn.Module, features: int, latent_dim: int, steps: list, reverse_between: bool):
+    def __init__(self, encoder: nn.Module, features: int, latent_dim: int, steps: list, reverse_between: bool,
+                 step_elements: int = 0):
         super().__init__(encoder, features, latent_dim)
         self.steps = nn.ModuleList(steps)
         self.reverse_between = reverse_between
+        self.step_elements = step_elements
         # a buffer, so the permutation follows the guide to its device
         self.register_buffer("reverse", torch.arange(latent_dim - 1, -1, -1))
+
+    def elements_per_sample(self, x=None) -> int:
+        # A step's hypernetwork activations are freed before the next step runs, so one step's count
+        # is held at a time; what each step leaves (its output and the cache its log-determinant
+        # reads, about 2 per dimension) stays until the draw is scored.
+        return super().elements_per_sample(x) + 2 * self.latent_dim * len(self.steps) + self.step_elements
 
     def base_and_transforms(self, x: torch.Tensor, y=None):
         """The base distribution and the list of transforms conditioned on h(x)."""
@@ -176,7 +240,9 @@ class FlowGuide(DiagonalGaussian):
 
 def _guide(name, encoder, features, latent_dim, flows, flow_hidden, **options) -> FlowGuide:
     steps = flow_steps(name, latent_dim, flows, flow_hidden, context_dim=features, **options)
-    return FlowGuide(encoder, features, latent_dim, steps, reverse_between=FAMILIES[name].reverse_between)
+    spec = FAMILIES[name]
+    return FlowGuide(encoder, features, latent_dim, steps, reverse_between=spec.reverse_between,
+                     step_elements=spec.step_elements(latent_dim, flow_hidden, features, **options))
 
 
 def planar(encoder, features, latent_dim, flows: int = 4, flow_hidden=(320, 320)):

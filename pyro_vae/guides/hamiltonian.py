@@ -119,6 +119,16 @@ class HamiltonianGuide(DiagonalGaussian):
         """The model whose log p(x, z) drives the dynamics."""
         self.__dict__["_model"] = model
 
+    def elements_per_sample(self, x) -> int:
+        """Numbers a draw holds per particle and datapoint: the leapfrog's z, rho, gradient and their
+        updates, and for each gradient the model's forward pass kept for its backward pass and as
+        many again in the backward: twice what the model's scoring holds."""
+        if not self.steps or self._model is None:
+            return super().elements_per_sample(x)
+        from ..evaluate import model_elements  # the evaluation imports the guides
+
+        return 8 * self.latent_dim + 2 * model_elements(self._model, x)
+
     def step_sizes(self) -> torch.Tensor:
         """(K, d): the leapfrog step sizes of each step."""
         return F.softplus(self.raw_step)
@@ -146,6 +156,9 @@ class HamiltonianGuide(DiagonalGaussian):
             raise PyroVAEError("the hamiltonian guide has no model attached (guide.attach(model))")
         name = self.site_name
 
+        # eager under --compile: the step differentiates this gradient again, and torch.compile's
+        # graphs (aot_autograd) have no double backward
+        @torch.compiler.disable
         def grad(z):
             with torch.enable_grad(), poutine.block():  # the inner trace is the dynamics', not the guide's
                 z_in = z if z.requires_grad else z.detach().requires_grad_()
