@@ -44,6 +44,7 @@ from pyro_vae.io import write_text_atomic
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import throughput as tp  # noqa: E402  (machine and version facts)
+import tiers  # noqa: E402  (torch threads for the run)
 
 HIDDEN, LATENT, BATCH, LR = [400, 400], 40, 100, 1e-3
 TARGET = 1.05  # from the project's issue: the suite's epoch within 5% of the plain loop's
@@ -171,21 +172,24 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=3, help="timed epochs per contender per repeat")
     parser.add_argument("--compile", action="store_true", help="also time the compiled suite")
+    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     args = parser.parse_args(argv)
-    if args.repeats < 1 or args.epochs < 1:
-        parser.error("--repeats and --epochs must be positive")
+    if args.repeats < 1 or args.epochs < 1 or (args.threads is not None and args.threads < 1):
+        parser.error("--repeats, --epochs and --threads must be positive")
     shared = Path(__file__).resolve().parents[2] / "shared" / "data"
     data_dir = args.data_dir or (str(default_data_dir()) if "PYRO_VAE_DATA" in os.environ else str(shared))
     load_before = os.getloadavg()[0]
     wall, cpu = time.perf_counter(), time.process_time()
     pyro.set_rng_seed(0)
     try:
-        results, sizes = benchmark(data_dir, args.repeats, args.epochs, args.compile)
+        with tiers.torch_threads(args.threads):
+            results, sizes = benchmark(data_dir, args.repeats, args.epochs, args.compile)
+            busy = (time.process_time() - cpu) / (time.perf_counter() - wall)
+            machine = tp.facts(torch.device("cpu"), load_before, busy)
     except PyroVAEError as err:
         parser.error(str(err))
-    busy = (time.process_time() - cpu) / (time.perf_counter() - wall)
-    report = {**tp.facts(torch.device("cpu"), load_before, busy),
+    report = {**machine,
               "settings": {"dataset": "binarized-mnist", "network": "784-400-400-40", "batch": BATCH,
                            "objective": "meanfield", **sizes,
                            "repeats": args.repeats, "epochs": args.epochs, "compile": args.compile},

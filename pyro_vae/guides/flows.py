@@ -109,6 +109,13 @@ class ConditionalIAF(T.ConditionalAffineAutoregressive):
         return T.AffineAutoregressive(_Conditioned(self.nn, context), **self.kwargs)
 
 
+class ConditionalSpline(T.ConditionalSplineAutoregressive):
+    """Pyro's conditional spline step, conditioned as ``ConditionalIAF`` is, for the same reason."""
+
+    def condition(self, context):
+        return T.SplineAutoregressive(self.input_dim, _Conditioned(self.nn, context), **self.kwargs)
+
+
 def _iaf_steps(latent_dim, flows, hidden, context_dim=None, stable: bool = False):
     if context_dim is None:
         return [T.affine_autoregressive(latent_dim, list(hidden), stable=stable) for _ in range(flows)]
@@ -135,8 +142,7 @@ def _spline_steps(latent_dim, flows, hidden, context_dim=None, bins: int = 8, bo
             steps.append(T.SplineAutoregressive(latent_dim, hypernet, count_bins=bins, bound=bound, order="quadratic"))
         else:
             hypernet = ConditionalAutoRegressiveNN(latent_dim, context_dim, list(hidden), param_dims=param_dims)
-            steps.append(T.ConditionalSplineAutoregressive(latent_dim, hypernet, count_bins=bins, bound=bound,
-                                                           order="quadratic"))
+            steps.append(ConditionalSpline(latent_dim, hypernet, count_bins=bins, bound=bound, order="quadratic"))
     return steps
 
 
