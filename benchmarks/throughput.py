@@ -66,30 +66,34 @@ warnings.filterwarnings("ignore", message=".*torch.jit.trace.* is deprecated", c
 
 
 class PlainVAE(nn.Module):
-    """The same networks as the suite's ``diag`` guide and MLP decoder, without Pyro."""
+    """The same networks as the suite's ``diag`` guide and MLP decoder, without Pyro (this file's
+    widths unless given)."""
 
-    def __init__(self, analytic_kl: bool = False):
+    def __init__(self, analytic_kl: bool = False, obs_shape=OBS_SHAPE, latent: int = LATENT, hidden=HIDDEN):
         super().__init__()
-        self.encoder, features, self.decoder = nets.build("mlp", OBS_SHAPE, LATENT, HIDDEN, "relu", 1)
-        self.head = nn.Linear(features, 2 * LATENT)
+        self.encoder, features, self.decoder = nets.build("mlp", obs_shape, latent, hidden, "relu", 1)
+        self.head = nn.Linear(features, 2 * latent)
         self.analytic_kl = analytic_kl
 
-    def forward(self, x: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
-        """Negative ELBO summed over the batch, one reparameterized sample per image; images
-        (N, *OBS_SHAPE) or flat rows (N, D). The KL is the Monte-Carlo log q - log p, or with
-        ``analytic_kl`` its closed form for N(loc, scale^2) against N(0, I)."""
+    def terms(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log p(x|z), KL term) per row for one reparameterized sample per image; images (N, *obs_shape)
+        or flat rows (N, D). The KL is the Monte-Carlo log q - log p, or with ``analytic_kl`` its
+        closed form for N(loc, scale^2) against N(0, I)."""
         x = x.flatten(1)
         loc, raw = self.head(self.encoder(x)).chunk(2, dim=-1)
         scale = guides.MIN_SCALE + F.softplus(raw)
         z = loc + scale * torch.randn_like(loc)
-        log_lik = -F.binary_cross_entropy_with_logits(self.decoder(z), x, reduction="sum")
+        log_lik = -F.binary_cross_entropy_with_logits(self.decoder(z), x, reduction="none").sum(-1)
         if self.analytic_kl:
-            kl = (0.5 * (loc.pow(2) + scale.pow(2) - 1) - scale.log()).sum()
-        else:
-            log_prior = (-0.5 * z.pow(2) - 0.5 * LOG_2PI).sum()
-            log_q = (-0.5 * ((z - loc) / scale).pow(2) - scale.log() - 0.5 * LOG_2PI).sum()
-            kl = log_q - log_prior
-        return -(log_lik - beta * kl)
+            return log_lik, (0.5 * (loc.pow(2) + scale.pow(2) - 1) - scale.log()).sum(-1)
+        log_prior = (-0.5 * z.pow(2) - 0.5 * LOG_2PI).sum(-1)
+        log_q = (-0.5 * ((z - loc) / scale).pow(2) - scale.log() - 0.5 * LOG_2PI).sum(-1)
+        return log_lik, log_q - log_prior
+
+    def forward(self, x: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+        """Negative ELBO summed over the batch (``terms``), the KL weighted by ``beta``."""
+        log_lik, kl = self.terms(x)
+        return -(log_lik - beta * kl).sum()
 
 
 def suite_pair(device):

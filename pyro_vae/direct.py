@@ -23,19 +23,17 @@ from pyro.distributions.kl import kl_divergence
 from torch import nn
 
 from .errors import PyroVAEError
-from .evaluate import fast_path
+from .evaluate import single_site_draw
 
 
 def _draw(model, guide, x, particles: int, y):
-    """(log p(x|z), log p(z), log q(z|x), q, z) for one draw of ``particles`` samples per row (no
-    sample dimension for one, as the traces draw it without a particle plate)."""
-    q = guide.dist(x, y)
-    if not q.has_rsample:
+    """``evaluate.single_site_draw`` of ``particles`` samples per row (no sample dimension for one,
+    as the traces draw it without a particle plate), reparameterized."""
+    terms = single_site_draw(model, guide, x, (particles,) if particles > 1 else (), y)
+    if not terms[3].has_rsample:
         raise PyroVAEError("the direct bounds need a reparameterized guide; train this pair through Pyro's ELBO "
                            "(objectives.loss_fn(..., direct=False))")
-    z = q.rsample((particles,) if particles > 1 else ())
-    log_prior, log_lik = model.log_terms(x, z, y)
-    return log_lik, log_prior, q.log_prob(z), q, z
+    return terms
 
 
 def elbo(model, guide, x, beta, particles: int, y=None) -> torch.Tensor:
@@ -73,8 +71,3 @@ class DirectLoss(nn.Module):
 
     def forward(self, x, beta, y=None):
         return self.bound(self.model, self.guide, x, beta, self.particles, y)
-
-
-def applies(model, guide) -> bool:
-    """Whether ``model`` and ``guide`` are a single-site pair the direct bounds serve."""
-    return fast_path(model, guide)

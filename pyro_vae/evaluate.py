@@ -45,6 +45,16 @@ def fast_path(model, guide) -> bool:
             and getattr(guide, "site_name", None) is not None)
 
 
+def single_site_draw(model, guide, x: torch.Tensor, sample_shape=(), y=None) -> tuple:
+    """(log p(x|z), log p(z), log q(z|x), q, z) for one draw z of ``sample_shape`` per row from a pair
+    on the fast path, reparameterized where q allows: the terms its traces would hold, read directly
+    (the evaluation's chunks and the direct training bounds, ``pyro_vae.direct``)."""
+    q = guide.dist(x, y)
+    z = q.rsample(sample_shape) if q.has_rsample else q.sample(sample_shape)
+    log_prior, log_lik = model.log_terms(x, z, y)
+    return log_lik, log_prior, q.log_prob(z), q, z
+
+
 def log_weight_terms(model, guide, x: torch.Tensor, samples: int, y=None) -> dict:
     """One vectorized draw of ``samples`` particles: each term has shape (samples, N).
 
@@ -58,10 +68,7 @@ def log_weight_terms(model, guide, x: torch.Tensor, samples: int, y=None) -> dic
         # for every model and guide): at thousands of particles the trace bookkeeping per chunk,
         # and terms such as log sigma that a plate-expanded distribution recomputes for every
         # particle, made the estimator slower (benchmarks/evaluation.py measures both paths).
-        q = guide.dist(x, y)
-        z = q.rsample((samples,)) if q.has_rsample else q.sample((samples,))
-        log_prior, log_lik = model.log_terms(x, z, y)
-        log_q = q.log_prob(z)
+        log_lik, log_prior, log_q, _, _ = single_site_draw(model, guide, x, (samples,), y)
         return {"log_lik": log_lik, "log_prior": log_prior, "log_q": log_q,
                 "sites": {guide.site_name: (log_prior, log_q)}}
     return trace_weight_terms(model, guide, x, samples, y)

@@ -28,6 +28,7 @@ from . import contract
 from . import direct as _direct  # loss_fn's flag is named direct
 from .contract import ScaleLatents, call
 from .errors import PyroVAEError
+from .evaluate import fast_path
 from .registry import Registry
 
 
@@ -176,7 +177,7 @@ def loss_fn(name: str, model, guide, particles: int = 1, direct: bool = True) ->
     the suite's single-site kind gets the objective's direct form (``pyro_vae.direct``, the same
     numbers without traces) unless ``direct`` is False; any other pair, Pyro's ELBO."""
     bound = getattr(OBJECTIVES[name], "direct", None)
-    if direct and bound is not None and _direct.applies(model, guide):
+    if direct and bound is not None and fast_path(model, guide):
         return _direct.DirectLoss(bound, model, guide, particles)
     return build(name, particles)(Scaled(model), Scaled(guide))
 
