@@ -7,19 +7,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import math
 import os
 import re
 import sys
-from pathlib import Path
 
-from .cli_draw import cmd_encode, cmd_sample, positive, print_then_write, seed_arg
+from .cli_draw import cmd_encode, cmd_sample, positive, seed_arg
+from .cli_evaluate import cmd_evaluate
 from .cli_quality import add_parsers as add_quality_parsers
 from .cli_quality import cmd_quality, cmd_refit_prior
 from .config import BINARIZE_CHOICES, DEVICE_CHOICES, RunConfig
 from .data import DATASETS
-from .errors import PyroVAEError
+from .errors import PyroVAEError, interrupted
 from .guides import GUIDES
 from .hierarchical import INFERENCE
 from .likelihoods import LIKELIHOODS
@@ -212,6 +210,8 @@ def _train_config(args, **defaults) -> RunConfig:
         given["distributed"] = True
     if getattr(args, "resume", False):
         extra = sorted(set(given) - RESUMABLE - {field for _, field in OPTION_FLAGS}) + option_flags
+        if args.config:  # its fields would be ignored: a resumed run's config is its checkpoint's
+            extra.insert(0, "config")
         if extra:
             flags = ", ".join("--" + e.replace("_", "-") for e in extra)
             raise PyroVAEError("--resume continues a run with its saved config; only --out, --epochs, --device and "
@@ -228,81 +228,11 @@ def cmd_train(args) -> int:
         raise PyroVAEError(f"started as one of {launched_world_size()} processes (WORLD_SIZE) without --distributed: "
                            "each would train its own copy into the same --out; add --distributed")
     progress = False if args.quiet else None
-    run_dir = fit(config, resume=args.resume, progress=progress, epochs=config.epochs if args.resume else None)
+    # --resume keeps the run's own budget unless --epochs is given (config.epochs is a default then)
+    run_dir = fit(config, resume=args.resume, progress=progress, epochs=args.epochs if args.resume else None)
     if launched_rank() == 0 or not config.distributed:
         print(f"trained: {run_dir}" + (f" ({launched_world_size()} ranks)" if config.distributed else ""))
     return 0
-
-
-def _conditional(result: dict) -> bool:
-    spec = MODELS.get(result.get("model", "vae"))
-    return spec is not None and spec.conditional
-
-
-def _per_site(values: dict, fmt: str) -> str:
-    return "  (" + ", ".join(f"{name} {fmt.format(v)}" for name, v in values.items()) + ")" if len(values) > 1 else ""
-
-
-def format_eval(result: dict) -> str:
-    rows = [
-        ("run", result["run"]),
-        ("split", f"{result['split']} (n={result['n']})"),
-        ("ELBO", f"{result['elbo']:.3f} ± {result['elbo_se']:.3f} nats/datapoint"),
-        ("  reconstruction", f"{result['recon']:.3f}"),
-        ("  KL", f"{result['kl']:.3f}" + _per_site(result.get("kl_per_site", {}), "{:.3f}")),
-        (f"NLL (K={result['iw_samples']})", f"{result['nll']:.3f} ± {result['nll_se']:.3f} nats/datapoint"
-                                            + (" (-log p(x|y), given the label)" if _conditional(result) else "")),
-        ("active units", f"{result['active_units']} / {result['latent_dim']}"
-                         + _per_site(result.get("active_units_per_site", {}), "{}")),
-    ]
-    if "nll_bits_per_dim" in result:
-        rows.append(("bits/dim", f"ELBO {result['elbo_bits_per_dim']:.4f} ± {result['elbo_bits_per_dim_se']:.4f}, "
-                                 f"NLL {result['nll_bits_per_dim']:.4f} ± {result['nll_bits_per_dim_se']:.4f}"))
-    if "classification_error" in result:
-        rows.append(("classification", f"{100 * result['classification_error']:.2f} % error (argmax q(y|x))"))
-    return "\n".join(f"{k:<18} {v}" for k, v in rows)
-
-
-def cmd_evaluate(args) -> int:
-    import pyro
-
-    from .evaluate import evaluate
-    from .run import load_run_and_data, resolve_device
-
-    positive("--iw-samples", args.iw_samples)
-    positive("--batch-size", args.batch_size)
-    device = resolve_device(args.device)
-    checkpoint, data = load_run_and_data(args.run_dir, device, args.data_dir)
-    pyro.set_rng_seed(args.seed)
-    spec = MODELS[checkpoint.config.model]
-    x = data.observations(args.split, device)
-    labels = data.labels(args.split, device) if spec.conditional else None
-    try:
-        result = evaluate(checkpoint.pair.model, checkpoint.pair.guide, x, labels, iw_samples=args.iw_samples,
-                          batch_size=args.batch_size)
-    except ValueError as err:  # torch's check of a distribution's parameters: NaN or Inf from the networks
-        if "Expected parameter" not in str(err):
-            raise
-        raise PyroVAEError(f"the model or guide gives non-finite parameters on the {args.split} split ("
-                           f"{str(err).splitlines()[0][:120]}): a diverged or corrupted checkpoint?; nothing written") from None
-    if spec.semi_supervised:  # bounds of log p(x), the label summed out; and the classifier q(y|x)
-        from .semisupervised import classification_error
-
-        result["classification_error"] = classification_error(checkpoint.pair.guide, x, data.labels(args.split, device))
-    if LIKELIHOODS[checkpoint.config.likelihood].meta.get("levels") == 256:  # 8-bit images: bits per dimension too
-        from .evaluate import bits_per_dim
-
-        result.update(bits_per_dim(result, data.obs_dim))
-    bad = [k for k in ("elbo", "nll") if not math.isfinite(result[k])]
-    if bad:
-        raise PyroVAEError(f"the {' and the '.join(k.upper() for k in bad)} came out {result[bad[0]]} on the {args.split} "
-                           "split: the model or guide gives a non-finite log-density on these images (a diverged "
-                           "or corrupted checkpoint?); nothing written")
-    result = {"run": str(args.run_dir), "split": args.split, "dataset": checkpoint.config.dataset,
-              "model": checkpoint.config.model, "guide": checkpoint.config.guide,
-              "prior": checkpoint.config.prior, "epoch": checkpoint.train_state.epoch, **result}
-    name = "eval.json" if args.split == "test" else f"eval-{args.split}.json"
-    return print_then_write(Path(args.run_dir) / name, result, json.dumps(result) if args.json else format_eval(result))
 
 
 def cmd_compare(args) -> int:
@@ -380,6 +310,16 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None) -> int:
     try:
+        return _run(argv)
+    except BaseException as err:  # a KeyboardInterrupt, or an error it caused (an import it broke)
+        if not interrupted(err):
+            raise
+        print("pyro-vae: interrupted", file=sys.stderr)
+        return 130  # 128 + SIGINT, as a shell reports a program a Ctrl-C ended
+
+
+def _run(argv: list[str] | None) -> int:
+    try:
         args = _parser().parse_args(argv)
         return COMMANDS[args.command](args)
     except PyroVAEError as err:
@@ -388,9 +328,6 @@ def _main(argv: list[str] | None) -> int:
     except OSError as err:  # an unwritable --out, a full disk: the user's to fix, not a crash
         print(f"pyro-vae: error: {err.strerror or err}: {err.filename or ''}".rstrip(": "), file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("pyro-vae: interrupted", file=sys.stderr)
-        return 130
     except (MemoryError, RuntimeError) as err:  # sizes too large to allocate: the user's to lower
         text = str(err)
         if not isinstance(err, MemoryError) and "allocate" not in text and "out of memory" not in text:

@@ -7,3 +7,15 @@ class PyroVAEError(Exception):
 
 class TrainingDiverged(PyroVAEError):
     """The loss became NaN or infinite; the last good checkpoint is left in place."""
+
+
+def interrupted(err: BaseException) -> bool:
+    """Whether ``err`` is a Ctrl-C or came of one: a KeyboardInterrupt raised inside a C
+    extension's initialization surfaces as the ImportError it caused."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, KeyboardInterrupt):
+            return True
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return False

@@ -17,14 +17,14 @@ import dataclasses
 import json
 import math
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import pyro
 import torch
 from tqdm.auto import tqdm
 
-from . import distributed, objectives, semisupervised
+from . import distributed, objectives, rundir, semisupervised
 from .config import RunConfig
 from .errors import PyroVAEError, TrainingDiverged
 from .evaluate import per_datapoint
@@ -121,26 +121,48 @@ def fit(config: RunConfig, resume: bool = False, progress: bool | None = None, e
 
     With ``resume``, the run in ``config.out`` continues from ``last.pt`` with its own config
     (``epochs`` may raise its budget). Bad input raises :class:`PyroVAEError` before anything is
-    written; a NaN/Inf loss raises :class:`TrainingDiverged` and leaves the checkpoints as they were.
+    written, and so does a run directory another process is training into; a NaN/Inf loss raises
+    :class:`TrainingDiverged` and leaves the checkpoints as they were.
     With ``config.distributed``, call it on every rank of a torchrun job.
     """
     config = dataclasses.replace(config)  # filled in below; the caller's object stays as given
     run_dir = Path(config.out)
-    checkpoint = None
-    if resume:
-        # a process killed while writing a checkpoint leaves its temporary file (io.atomic_path)
-        for stale in run_dir.glob(".*.tmp") if run_dir.is_dir() else ():
-            stale.unlink(missing_ok=True)
-        checkpoint = load_checkpoint(run_dir / LAST)
-        if checkpoint.config.distributed != config.distributed:
-            how = "with" if checkpoint.config.distributed else "without"
-            raise PyroVAEError(f"the run in {run_dir} was trained {how} --distributed; resume it the same way")
-        config = checkpoint.config
-        config.out = str(run_dir)
-        if epochs is not None:
-            config.epochs = epochs
-    elif run_dir.exists() and any(run_dir.iterdir()):
-        raise PyroVAEError(f"run directory {run_dir} already exists and is not empty; use --resume or another --out")
+    if not resume:
+        rundir.check_empty(run_dir)
+        _check(config)
+    elif not run_dir.is_dir():
+        raise PyroVAEError(f"no checkpoint at {run_dir / LAST}")
+    # Only rank 0 of a torchrun job writes files (ctx.is_main), so it alone claims the directory:
+    # the other ranks' claims would be refused by its own. Its rank is torchrun's RANK, known
+    # before the process group exists, and the claim must come first: a resumed run reads
+    # last.pt under it, so that it never continues from a checkpoint another run is replacing.
+    writer = not config.distributed or distributed.launched_rank() == 0
+    with rundir.claim(run_dir, fresh=not resume) if writer else nullcontext():
+        checkpoint = None
+        if resume:
+            checkpoint = load_checkpoint(run_dir / LAST)
+            if checkpoint.config.distributed != config.distributed:
+                how = "with" if checkpoint.config.distributed else "without"
+                raise PyroVAEError(f"the run in {run_dir} was trained {how} --distributed; resume it the same way")
+            rundir.check_config_file(run_dir, checkpoint.config, LAST, epochs)
+            if writer:  # a process killed while writing a checkpoint leaves its temporary file (io.atomic_path)
+                for stale in run_dir.glob(".*.tmp"):
+                    stale.unlink(missing_ok=True)
+            config = checkpoint.config
+            config.out = str(run_dir)
+            if epochs is not None:
+                config.epochs = epochs
+            _check(config)
+        with distributed.session(config.device, config.distributed) as ctx:
+            if checkpoint is not None and config.world_size != ctx.world_size:
+                raise PyroVAEError(f"the run in {run_dir} was trained on {config.world_size} ranks, not "
+                                   f"{ctx.world_size}: resume it on as many, so that its global batch stays the same")
+            config.world_size = ctx.world_size
+            return _train(config, run_dir, checkpoint, ctx, progress)
+
+
+def _check(config: RunConfig) -> None:
+    """What can be said of ``config`` before any data is read."""
     config.validate()
     check_names(config)
     spec = MODELS[config.model]
@@ -149,12 +171,6 @@ def fit(config: RunConfig, resume: bool = False, progress: bool | None = None, e
     if spec.semi_supervised and config.distributed:
         raise PyroVAEError(f"--model {config.model} cannot run with --distributed: its batches mix labelled and "
                            "unlabelled images in a fixed ratio that the ranks' shards do not keep")
-    with distributed.session(config.device, config.distributed) as ctx:
-        if checkpoint is not None and config.world_size != ctx.world_size:
-            raise PyroVAEError(f"the run in {run_dir} was trained on {config.world_size} ranks, not {ctx.world_size}: "
-                               "resume it on as many, so that its global batch stays the same")
-        config.world_size = ctx.world_size
-        return _train(config, run_dir, checkpoint, ctx, progress)
 
 
 def _train(config: RunConfig, run_dir: Path, checkpoint, ctx: distributed.Single, progress: bool | None) -> Path:
@@ -225,11 +241,13 @@ def _train(config: RunConfig, run_dir: Path, checkpoint, ctx: distributed.Single
         if ctx.is_main:
             for name in names:
                 save_checkpoint(run_dir / name, config, data.obs_shape, pair, optimizer, state, extra)
+            # the readable copy of last.pt's config, which --resume checks: a resumed run's
+            # --epochs changes both
+            config.save(run_dir / rundir.CONFIG)
 
     if checkpoint is None:
         if ctx.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
-            config.save(run_dir / "config.json")
             if plan:  # which training images were labelled, for the record
                 write_text_atomic(run_dir / "labelled.json", json.dumps(plan.record()) + "\n")
         save(LAST, BEST)

@@ -2,14 +2,31 @@
 
 from __future__ import annotations
 
+import configparser
 import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
 
 from cli_errors import user_error
+from pyro_vae import rundir
 from pyro_vae.cli import main
 from pyro_vae.config import SEED_MAX
+from pyro_vae.errors import PyroVAEError
+from pyro_vae.run import BEST, LAST, load_checkpoint, load_run
+
+REPO = Path(__file__).resolve().parents[1]  # subprocesses import the package beside these tests
+SMALL = ["--dataset", "digits", "--hidden", "16", "--latent-dim", "2", "--batch-size", "200", "--device", "cpu",
+         "--quiet"]
+RUN_FILES = ("config.json", "checkpoint.pt", "last.pt", "metrics.jsonl", "elbo_curve.png", "samples.png")
 
 
 @pytest.mark.parametrize("fields,needle", [
@@ -139,3 +156,188 @@ def test_sizes_too_large_to_allocate(run, tmp_path, capsys):
     assert line.startswith("pyro-vae: error: out of memory (") and "GiB asked for" in line
     assert "at most 10,000" in user_error(capsys, ["sample", str(run), "-n", "1000000000000",
                                                    "--out", str(tmp_path / "s.png")])
+
+
+# --- one writer per run directory ----------------------------------------------------------------
+
+def start(argv, entry=("-m", "pyro_vae")) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, *entry, *argv], cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def snapshot(folder: Path) -> dict:
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+def assert_complete(run: Path, epochs: int) -> None:
+    for name in RUN_FILES:
+        assert (run / name).is_file(), name
+    assert not list(run.glob(".*"))  # no lock, no temporary file
+    last = load_run(run, which=LAST)
+    assert last.train_state.epoch == epochs and load_run(run).train_state.epoch <= epochs
+    assert json.loads((run / "config.json").read_text()) == last.payload["config"]
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == epochs
+
+
+def test_two_runs_started_together_on_one_out(tmp_path):
+    out = tmp_path / "run"
+    procs = [start(["train", *SMALL, "--epochs", "2", "--out", str(out)]) for _ in range(2)]
+    results = [(p.communicate(timeout=300), p.returncode) for p in procs]
+    results = [(code, out_, err) for (out_, err), code in results]
+    assert sorted(code for code, _, _ in results) == [0, 2], results
+    (_, won, _), = [r for r in results if r[0] == 0]
+    (_, _, lost), = [r for r in results if r[0] == 2]
+    assert won.strip() == f"trained: {out}"
+    lines = lost.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in lost, lost
+    # refused while the other trains, or after it finished, when the directory is no longer empty
+    assert ("is being written by another process" in lines[0] or "already exists" in lines[0]), lines[0]
+    assert_complete(out, 2)
+
+
+def test_a_claim_is_exclusive_and_leaves_no_trace(tmp_path):
+    out = tmp_path / "new" / "run"
+    with rundir.claim(out, fresh=True):
+        assert (out / rundir.LOCK).read_text().strip() == str(os.getpid())
+        for fresh in (True, False):
+            busy = f"{out} is being written by another process (pid {os.getpid()})"
+            with pytest.raises(PyroVAEError, match=re.escape(busy)):
+                with rundir.claim(out, fresh=fresh):
+                    pass
+        assert (out / rundir.LOCK).exists()  # the refused claims took nothing from the holder
+    assert not (tmp_path / "new").exists()  # nothing written: the directories made for the run are gone
+    out.mkdir(parents=True)
+    (out / "notes.txt").write_text("mine\n")
+    with pytest.raises(PyroVAEError, match="already exists and is not empty"):
+        with rundir.claim(out, fresh=True):
+            pass
+    assert snapshot(out) == {"notes.txt": b"mine\n"}
+
+
+def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    code = ("import os, signal, sys; from pyro_vae.rundir import claim; held = claim(sys.argv[1], fresh=False); "
+            "held.__enter__(); "
+            "os.kill(os.getpid(), signal.SIGKILL)")
+    assert subprocess.run([sys.executable, "-c", code, str(out)], cwd=REPO).returncode == -signal.SIGKILL
+    assert (out / rundir.LOCK).exists()  # the file stays, the lock went with the process
+    with rundir.claim(out, fresh=False):
+        pass
+    assert not (out / rundir.LOCK).exists()
+
+
+def test_a_run_directory_in_use_is_refused(run, tmp_path, capsys):
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    before = snapshot(copy)
+    with rundir.claim(copy, fresh=False):  # as another process training into it would hold it
+        during = snapshot(copy)
+        line = user_error(capsys, ["train", "--resume", "--out", str(copy), "--epochs", "2", "--quiet"])
+        assert f"run directory {copy} is being written by another process" in line
+        assert snapshot(copy) == during
+    assert snapshot(copy) == before
+    empty = tmp_path / "empty"
+    with rundir.claim(empty, fresh=True):
+        line = user_error(capsys, ["train", *SMALL, "--epochs", "1", "--out", str(empty)])
+        assert "is being written by another process" in line
+    assert not empty.exists()
+
+
+# --- Ctrl-C ---------------------------------------------------------------------------------------
+
+def _console_script() -> tuple:
+    """``python -c`` running the ``pyro-vae`` entry point setup.cfg declares, as its script does."""
+    setup = configparser.ConfigParser()
+    setup.read(REPO / "setup.cfg")
+    line, = [v for v in setup["options.entry_points"]["console_scripts"].splitlines() if v.strip()]
+    module, function = line.split("=")[1].strip().split(":")
+    return "-c", f"import sys; from {module} import {function}; sys.exit({function}())"
+
+
+def assert_interrupted(proc: subprocess.Popen) -> None:
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, (proc.returncode, err)
+    assert err == "pyro-vae: interrupted\n", err
+
+
+@pytest.mark.parametrize("entry", [("-m", "pyro_vae"), "console script"])
+def test_ctrl_c_while_importing(tmp_path, entry):
+    out = tmp_path / "run"
+    proc = start(["train", *SMALL, "--epochs", "2", "--out", str(out)],
+                 _console_script() if entry == "console script" else entry)
+    time.sleep(0.5)  # torch and Pyro are being imported
+    proc.send_signal(signal.SIGINT)
+    assert_interrupted(proc)
+    assert not out.exists() or not list(out.glob(".*"))
+
+
+def test_ctrl_c_while_training_keeps_the_last_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    proc = start(["train", *SMALL, "--epochs", "100000", "--patience", "100000", "--out", str(out)])
+    deadline = time.monotonic() + 120
+    while not (out / "metrics.jsonl").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    time.sleep(0.5)  # a few epochs on: checkpoints are being replaced
+    proc.send_signal(signal.SIGINT)
+    assert_interrupted(proc)
+    assert not list(out.glob(".*"))  # no temporary file half written, no lock
+    last = load_checkpoint(out / LAST)
+    load_checkpoint(out / BEST)
+    epochs = last.train_state.epoch
+    assert epochs >= 1
+    assert main(["train", "--resume", "--out", str(out), "--epochs", str(epochs + 1), "--quiet"]) == 0
+    assert load_run(out, which=LAST).train_state.epoch == epochs + 1
+
+
+# --- config.json and --resume -------------------------------------------------------------------
+
+def edit_config(run: Path, **fields) -> None:
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, **fields}, indent=2))
+
+
+def test_resume_refuses_an_edited_config(run, tmp_path, capsys):
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    original = (copy / "config.json").read_text()
+    edit_config(copy, lr=0.002, batch_size=64)
+    before = snapshot(copy)
+    line = user_error(capsys, ["train", "--resume", "--out", str(copy), "--epochs", "2", "--quiet"])
+    assert f"{copy / 'config.json'} differs from the run's checkpoint in " in line
+    assert "lr (0.002 there, 0.001 in last.pt)" in line and "batch_size (64 there, 128 in last.pt)" in line
+    assert "epochs (" not in line  # --epochs was given: the resumed run's new budget
+    assert snapshot(copy) == before  # nothing written, nothing removed
+    (copy / "config.json").write_text(original)
+    assert main(["train", "--resume", "--out", str(copy), "--epochs", "2", "--quiet"]) == 0
+    # config.json and last.pt record the new budget and the directory the run is now in
+    saved = json.loads((copy / "config.json").read_text())
+    assert saved == load_checkpoint(copy / LAST).payload["config"]
+    assert saved["epochs"] == 2 and saved["out"] == str(copy)
+    assert main(["train", "--resume", "--out", str(copy), "--quiet"]) == 0  # and agree on the next resume
+    assert load_run(copy, which=LAST).train_state.epoch == 2  # which keeps the run's budget
+
+
+def test_resume_takes_no_config_file(run, tmp_path, capsys):
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"epochs": 5}))
+    line = user_error(capsys, ["train", "--resume", "--config", str(config), "--out", str(run), "--quiet"])
+    assert "(got --config)" in line
+
+
+def test_resume_refuses_an_edited_budget_without_epochs(run, tmp_path, capsys):
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    edit_config(copy, epochs=3)
+    line = user_error(capsys, ["train", "--resume", "--out", str(copy), "--quiet"])
+    assert "epochs (3 there, 1 in last.pt)" in line and "give --epochs" in line
+    assert main(["train", "--resume", "--out", str(copy), "--epochs", "3", "--quiet"]) == 0
+    assert load_run(copy, which=LAST).train_state.epoch == 3
+
+
+def test_resume_refuses_a_config_that_is_not_json(run, tmp_path, capsys):
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    (copy / "config.json").write_text("{lr: ")
+    assert "not valid JSON" in user_error(capsys, ["train", "--resume", "--out", str(copy), "--quiet"])
