@@ -16,6 +16,7 @@ from __future__ import annotations
 import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
+from pyro.distributions.util import is_validation_enabled
 from torch import nn
 from torch.distributions.utils import broadcast_all
 
@@ -64,6 +65,10 @@ class Likelihood(nn.Module):
     def params(self, out: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return self.shaped(out).unbind(-1 - self.event_dims)
 
+    def log_prob(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """log p(x | decoder output ``out``), summed over the observation: what ``self(out)`` scores."""
+        return self(out).log_prob(x)
+
     @property
     def event_dims(self) -> int:
         return 1 if self.obs_shape is None else len(self.obs_shape)
@@ -74,6 +79,15 @@ class Bernoulli(Likelihood):
 
     def forward(self, out: torch.Tensor) -> dist.TorchDistribution:
         return BernoulliLogits(logits=self.params(out)[0]).to_event(self.event_dims)
+
+    def log_prob(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        # Unvalidated (as training steps run), the same number without building the distribution:
+        # its construction and broadcasting took about 1% of a 784-500-500-32 training step, a
+        # fifth of the suite's margin over a hand-written one (benchmarks/throughput.py).
+        if is_validation_enabled():  # the distribution checks that x is binary
+            return super().log_prob(out, x)
+        logits, x = torch.broadcast_tensors(self.params(out)[0], x)
+        return -F.binary_cross_entropy_with_logits(logits, x, reduction="none").flatten(-self.event_dims).sum(-1)
 
     def mean(self, out: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.params(out)[0])

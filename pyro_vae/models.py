@@ -46,7 +46,15 @@ class VAE(nn.Module):
         """(log p(z), log p(x|z)) for draws z (..., N, L) of the one latent site: the densities of
         ``forward``'s two sites, scored outside a trace (the evaluation's single-site fast path,
         tested equal to the trace path)."""
-        return self.prior().log_prob(z), self.likelihood(self._decode(z, y)).log_prob(x)
+        return self.prior().log_prob(z), self.log_likelihood(x, z, y)
+
+    def log_likelihood(self, x: torch.Tensor, z: torch.Tensor, y=None) -> torch.Tensor:
+        """log p(x|z) alone, the half of ``log_terms`` a closed-form KL needs."""
+        out = self._decode(z, y)
+        # the registry's likelihoods score without building the distribution; any module that
+        # returns one will do as well
+        score = getattr(self.likelihood, "log_prob", None)
+        return score(out, x) if score is not None else self.likelihood(out).log_prob(x)
 
     def _device(self) -> torch.device:
         return next(self.decoder.parameters()).device

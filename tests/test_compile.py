@@ -102,3 +102,22 @@ def test_compile_and_the_jit_objective_are_refused_together(tmp_path, capsys):
                  "--out", str(tmp_path / "run")])
     assert code == 2 and "--compile and --objective elbo-jit" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def graph_breaks_of(call, *args) -> int:
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    with pyro.validation_enabled(True):  # what a caller may have on: Pyro's default
+        call(*args).backward()
+    return sum(counters["graph_break"].values())
+
+
+def test_a_compiled_step_is_one_graph_even_when_its_caller_validates():
+    # validation's checks branch on data: the same loss compiled raw breaks at each distribution
+    pair = small_pair("diag")
+    loss = objectives.loss_fn("elbo", pair.model, pair.guide)
+    step = objectives.compiled(loss)
+    assert graph_breaks_of(step.graphs, X, torch.tensor(1.0)) > 0
+    assert graph_breaks_of(step, X, torch.tensor(1.0)) == 0

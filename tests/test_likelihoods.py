@@ -499,3 +499,25 @@ def test_a_vae_trains_on_8_bit_data(name, obs_shape):
     loss.backward()
     assert torch.isfinite(loss) and loss > 0
     assert all(torch.isfinite(p.grad).all() for p in pair.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize("name", list(LIKELIHOODS))
+@pytest.mark.parametrize("obs_shape", [(6,), (3, 2, 2)])
+def test_scoring_from_decoder_output_equals_the_distribution(name, obs_shape):
+    # Likelihood.log_prob(out, x) is what the direct bounds and the evaluation call; the Bernoulli
+    # one skips building the distribution when unvalidated, and must not change a digit or a gradient
+    likelihood = build(name, obs_shape)
+    levels = LIKELIHOODS[name].levels
+    channels = obs_shape[0] if len(obs_shape) == 3 else 1
+    width = likelihood.out_channels(channels) * math.prod(obs_shape) // channels
+    x = torch.randint(0, levels or 2, (5,) + obs_shape).double() / max((levels or 2) - 1, 1)
+    out = torch.randn(3, 5, width, dtype=torch.float64, requires_grad=True)  # 3 particles of 5 images
+    expected = likelihood(out).log_prob(x)
+    (g_expected,) = torch.autograd.grad(expected.sum(), out)
+    for validate in (True, False):
+        with pyro.validation_enabled(validate):
+            got = likelihood.log_prob(out, x)
+        (g_got,) = torch.autograd.grad(got.sum(), out)
+        assert got.shape == (3, 5)
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
+        torch.testing.assert_close(g_got, g_expected, rtol=0, atol=0)
