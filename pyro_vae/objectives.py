@@ -182,6 +182,9 @@ def loss_fn(name: str, model, guide, particles: int = 1, direct: bool = True) ->
     return build(name, particles)(Scaled(model), Scaled(guide))
 
 
+RECOMPILE_LIMIT = 256  # pairs compiled in one process, each with its own graphs
+
+
 def compiled(loss):
     """``loss`` compiled with ``torch.compile``. Its random numbers are drawn by torch's own kernels
     (inductor's ``fallback_random``), in eager order from the same generator: a compiled run makes
@@ -191,7 +194,15 @@ def compiled(loss):
     checks (``if not valid.all(): raise``) branch on data and break the graph at every
     distribution, and graphs broken by one validated call were reused by unvalidated calls after
     it (a compiled step then ran 1.2 times slower than eager). Training validates the eager step
-    once before compiling it (``train._prime``)."""
+    once before compiling it (``train._prime``).
+
+    Every pair's loss is one entry in the graph cache of one function (``DirectLoss.forward``, or
+    Pyro's ELBO module's), and dynamo silently runs a function eagerly once it holds
+    ``recompile_limit`` entries (8): the ninth guide compiled in one process (``compare --compile``
+    over the registry, a notebook) trained eagerly. The limit is raised for the process."""
+    import torch._dynamo  # loaded by torch.compile anyway; its config is read first here
+
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
     graphs = torch.compile(loss, options={"fallback_random": True})
 
     def step(*args):

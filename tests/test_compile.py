@@ -12,6 +12,7 @@ import torch
 from pyro_vae import RunConfig, build, objectives
 from pyro_vae.cli import main
 from pyro_vae.guides import GUIDES
+from torch._dynamo.utils import counters
 
 SMALL = {"flows": 2, "flow_hidden": (8,), "leapfrog": 2}
 
@@ -45,10 +46,18 @@ def assert_compiled_equals_eager(loss, params, *args):
 X = torch.bernoulli(torch.full((6, 1, 2, 3), 0.4), generator=torch.Generator().manual_seed(0))
 
 
+# the guides whose direct step compiles to one graph (the README says which break, and where)
+ONE_GRAPH = {"diag", "full", "const-var", "planar", "radial", "coupling", "iaf", "householder"}
+
+
 def check_guide(guide, objective, particles):
     pair = small_pair(guide)
     loss = objectives.loss_fn(objective, pair.model, pair.guide, particles)
+    torch._dynamo.reset()
+    counters.clear()
     assert_compiled_equals_eager(loss, list(pair.parameters()), X, torch.tensor(0.8))
+    if guide in ONE_GRAPH:
+        assert counters["stats"]["unique_graphs"] == 1 and not counters["graph_break"], dict(counters["graph_break"])
 
 
 # the hamiltonian guide differentiates the model inside the step: a graph break at autograd.grad
@@ -105,8 +114,6 @@ def test_compile_and_the_jit_objective_are_refused_together(tmp_path, capsys):
 
 
 def graph_breaks_of(call, *args) -> int:
-    from torch._dynamo.utils import counters
-
     torch._dynamo.reset()
     counters.clear()
     with pyro.validation_enabled(True):  # what a caller may have on: Pyro's default
@@ -121,3 +128,15 @@ def test_a_compiled_step_is_one_graph_even_when_its_caller_validates():
     step = objectives.compiled(loss)
     assert graph_breaks_of(step.graphs, X, torch.tensor(1.0)) > 0
     assert graph_breaks_of(step, X, torch.tensor(1.0)) == 0
+
+
+def test_more_pairs_in_one_process_than_dynamos_default_limit_each_compile():
+    # every pair is one cache entry of DirectLoss.forward; past dynamo's default of 8 entries the
+    # ninth ran eagerly, silently (pyro-vae compare --compile over the registry)
+    torch._dynamo.reset()
+    for depth in range(1, 10):
+        config = RunConfig(latent_dim=2, hidden=[5] * depth, likelihood="bernoulli", guide="diag")
+        pair = build(config, (1, 2, 3))
+        counters.clear()
+        objectives.compiled(objectives.loss_fn("elbo", pair.model, pair.guide))(X, torch.tensor(1.0)).backward()
+        assert counters["stats"]["unique_graphs"] == 1, f"pair {depth} was not compiled as one graph"
