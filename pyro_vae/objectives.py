@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import types
 from typing import Callable
 
 import pyro
@@ -182,7 +183,26 @@ def loss_fn(name: str, model, guide, particles: int = 1, direct: bool = True) ->
     return build(name, particles)(Scaled(model), Scaled(guide))
 
 
-RECOMPILE_LIMIT = 256  # pairs compiled in one process, each with its own graphs
+# entries per function in dynamo's graph cache: the functions a graph break leaves (the spline's,
+# the hamiltonian dynamics') are shared by every pair of their guide compiled in one process
+RECOMPILE_LIMIT = 64
+
+
+def _own_frame(loss):
+    """A function calling ``loss``, with a code object of its own.
+
+    Dynamo keeps compiled graphs per code object, and every pair's loss runs the same one
+    (``DirectLoss.forward``, or Pyro's ELBO module's): with several pairs compiled in one process
+    each call searched the others' entries first (guards on every parameter), which made the
+    compiled flow guides of ``benchmarks/guides.py`` 1.14 times their eager hand-written steps
+    instead of 0.88, and the ninth pair ran eagerly, silently (dynamo's limit of 8 entries).
+    A fresh copy of the code gives each loss a cache of its own."""
+
+    def call(*args):
+        return loss(*args)
+
+    return types.FunctionType(call.__code__.replace(), call.__globals__, call.__name__, call.__defaults__,
+                              call.__closure__)
 
 
 def compiled(loss):
@@ -194,16 +214,12 @@ def compiled(loss):
     checks (``if not valid.all(): raise``) branch on data and break the graph at every
     distribution, and graphs broken by one validated call were reused by unvalidated calls after
     it (a compiled step then ran 1.2 times slower than eager). Training validates the eager step
-    once before compiling it (``train._prime``).
-
-    Every pair's loss is one entry in the graph cache of one function (``DirectLoss.forward``, or
-    Pyro's ELBO module's), and dynamo silently runs a function eagerly once it holds
-    ``recompile_limit`` entries (8): the ninth guide compiled in one process (``compare --compile``
-    over the registry, a notebook) trained eagerly. The limit is raised for the process."""
-    import torch._dynamo  # loaded by torch.compile anyway; its config is read first here
+    once before compiling it (``train._prime``). Each compiled loss keeps its own graphs
+    (``_own_frame``)."""
+    import torch._dynamo  # loaded by torch.compile anyway; its config is set first here
 
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
-    graphs = torch.compile(loss, options={"fallback_random": True})
+    graphs = torch.compile(_own_frame(loss), options={"fallback_random": True})
 
     def step(*args):
         with pyro.validation_enabled(False):

@@ -131,8 +131,9 @@ def test_a_compiled_step_is_one_graph_even_when_its_caller_validates():
 
 
 def test_more_pairs_in_one_process_than_dynamos_default_limit_each_compile():
-    # every pair is one cache entry of DirectLoss.forward; past dynamo's default of 8 entries the
-    # ninth ran eagerly, silently (pyro-vae compare --compile over the registry)
+    # when every pair was one cache entry of DirectLoss.forward, the ninth past dynamo's default
+    # limit of 8 ran eagerly, silently (pyro-vae compare --compile over the registry); each compiled
+    # loss now has a frame of its own
     torch._dynamo.reset()
     for depth in range(1, 10):
         config = RunConfig(latent_dim=2, hidden=[5] * depth, likelihood="bernoulli", guide="diag")
