@@ -215,7 +215,7 @@ def benchmark(device, repeats: int, steps: int, warmup: int, seed: int) -> tuple
     beta = torch.ones((), device=device)
     pair = suite_pair(device)
     # the timed contenders first: a compiled one's compile_seconds is then its own compiling, not a
-    # reuse of the graphs the agreement check compiled
+    # load from the inductor cache the agreement check's compiling of the same graph had just filled
     contenders = [contender(name, pair, batches[0], beta) for name in CONTENDERS]
     agreement = check_agreement(copy.deepcopy(pair), batches[0], beta * 0.5)
     wall, busy = time_interleaved(contenders, batches, beta, device, repeats, steps, warmup)

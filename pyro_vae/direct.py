@@ -37,6 +37,11 @@ def _check(q) -> None:
                            "(objectives.loss_fn(..., direct=False))")
 
 
+def _log_weight(log_lik, log_prior, log_q, beta) -> torch.Tensor:
+    # log p(x|z) + beta (log p(z) - log q(z|x)): the Monte-Carlo term every bound here averages
+    return log_lik + beta * (log_prior - log_q)
+
+
 def _draw(model, guide, x, particles: int, y):
     """``evaluate.single_site_draw`` of ``particles`` samples per row, reparameterized."""
     terms = single_site_draw(model, guide, x, _shape(particles), y)
@@ -47,7 +52,7 @@ def _draw(model, guide, x, particles: int, y):
 def elbo(model, guide, x, beta, particles: int, y=None) -> torch.Tensor:
     """The negative Monte-Carlo ELBO, summed over rows, averaged over particles (``Trace_ELBO``)."""
     log_lik, log_prior, log_q, _, _ = _draw(model, guide, x, particles, y)
-    return -(log_lik + beta * (log_prior - log_q)).sum() / particles
+    return -_log_weight(log_lik, log_prior, log_q, beta).sum() / particles
 
 
 def meanfield(model, guide, x, beta, particles: int, y=None) -> torch.Tensor:
@@ -60,7 +65,7 @@ def meanfield(model, guide, x, beta, particles: int, y=None) -> torch.Tensor:
         kl = kl_divergence(q, model.prior())
     except NotImplementedError:
         log_prior, log_lik = model.log_terms(x, z, y)
-        return -(log_lik + beta * (log_prior - q.log_prob(z))).sum() / particles
+        return -_log_weight(log_lik, log_prior, q.log_prob(z), beta).sum() / particles
     # log p(x|z) alone: log p(z) and log q(z|x) would cost a tenth of the suite's margin over a
     # hand-written step, for nothing (a user's model on the fast path may have log_terms only)
     scorer = getattr(model, "log_likelihood", None)
@@ -71,7 +76,7 @@ def meanfield(model, guide, x, beta, particles: int, y=None) -> torch.Tensor:
 def iwae(model, guide, x, beta, particles: int, y=None) -> torch.Tensor:
     """The negative importance-weighted bound with ``particles`` samples, summed over rows."""
     log_lik, log_prior, log_q, _, _ = _draw(model, guide, x, particles, y)
-    log_w = (log_lik + beta * (log_prior - log_q)).reshape(particles, -1)
+    log_w = _log_weight(log_lik, log_prior, log_q, beta).reshape(particles, -1)
     return -(torch.logsumexp(log_w, dim=0) - math.log(particles)).sum()
 
 
